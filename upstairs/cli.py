@@ -1,0 +1,176 @@
+"""The ``upstairs`` command line: one entry point for every service and tool.
+
+Services are imported lazily, inside the command that runs them, so ``upstairs api`` never
+loads the ingester and a broken optional piece cannot stop the others from starting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from core.building_file import BuildingFileError, load_building
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DEFAULT_BUILDING = (
+    Path(__file__).resolve().parent.parent / "deploy" / "buildings" / "ref-tower.yaml"
+)
+
+logger = logging.getLogger("upstairs")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _cmd_db_migrate(args: argparse.Namespace) -> int:
+    from core.db import migrate
+    from upstairs.services import endpoints
+
+    with endpoints(args.data_dir, need_broker=False) as ep:
+        applied = migrate(ep.database_url)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return EXIT_OK
+
+
+def _cmd_building_apply(args: argparse.Namespace) -> int:
+    import psycopg
+    from core.building_store import apply_building
+
+    from core.db import migrate
+    from upstairs.services import endpoints
+
+    try:
+        building = load_building(args.file)
+    except BuildingFileError as exc:
+        print(f"error: {args.file} is not a valid building file:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    with endpoints(args.data_dir, need_broker=False) as ep:
+        migrate(ep.database_url)
+        with psycopg.connect(ep.database_url) as conn:
+            result = apply_building(conn, building)
+    print(f"building {building.id}: {result}")
+    return EXIT_OK
+
+
+def _cmd_building_check(args: argparse.Namespace) -> int:
+    try:
+        building = load_building(args.file)
+    except BuildingFileError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"{args.file}: building {building.id} is valid: {len(building.floors)} floors, "
+        f"{len(building.zones)} zones, {len(building.tenants)} tenants, "
+        f"{len(building.sensors)} sensors"
+    )
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from upstairs.launcher import run_demo
+
+    return run_demo(
+        data_dir=args.data_dir,
+        port=args.port,
+        building_file=args.building,
+        scenario=args.scenario,
+        speed=args.speed,
+    )
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from upstairs.simulate import run_simulate
+
+    return run_simulate(args.building, args.mode, args.speed, args.scenario, args.seed)
+
+
+def _delegate(module: str, func: str = "main") -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        entry: Callable[[list[str]], int] = getattr(importlib.import_module(module), func)
+        return entry(list(args.rest))
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upstairs", description="Building management for multi-tenant vertical factories."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(".upstairs"), help="embedded services' data folder"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True
+    )
+    db.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_db_migrate)
+
+    building = sub.add_parser("building", help="building files").add_subparsers(
+        dest="building_command", required=True
+    )
+    apply = building.add_parser("apply", help="validate a building file and write it")
+    apply.add_argument("file", type=Path)
+    apply.set_defaults(func=_cmd_building_apply)
+    check = building.add_parser("check", help="validate a building file, write nothing")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_cmd_building_check)
+
+    demo = sub.add_parser("demo", help="run the whole platform with a simulated building")
+    demo.add_argument("--data-dir", type=Path, default=Path(".upstairs"), dest="data_dir")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--building", type=Path, default=DEFAULT_BUILDING)
+    demo.add_argument("--scenario", default="normal")
+    demo.add_argument("--speed", type=float, default=1.0)
+    demo.set_defaults(func=_cmd_demo)
+
+    sim = sub.add_parser("simulate", help="run the device simulators of a building")
+    sim.add_argument("--building", type=Path, default=DEFAULT_BUILDING)
+    sim.add_argument("--mode", choices=["mqtt"], default="mqtt")
+    sim.add_argument("--speed", type=float, default=1.0)
+    sim.add_argument("--scenario", default="normal")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=_cmd_simulate)
+
+    services = {
+        "ingest": ("ingest.service", "MQTT telemetry into PostgreSQL"),
+        "api": ("api.main", "the HTTP API and pages"),
+    }
+    for name, (module, help_text) in services.items():
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(module))
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
+        dest="bench_command", required=True
+    )
+    b_ingest = bench.add_parser("ingest", help="end-to-end ingest rate", add_help=False)
+    b_ingest.add_argument("rest", nargs=argparse.REMAINDER)
+    b_ingest.set_defaults(func=_delegate("ingest.bench"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command not in ("ingest", "api", "bench"):
+        _setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
