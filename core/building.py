@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.alert_config import AlertConfig
+
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -203,6 +205,7 @@ class Building(_Strict):
     leases: list[Lease] = Field(default_factory=list)
     sensors: list[Sensor] = Field(default_factory=list)
     tariffs: list[Tariff] = Field(default_factory=list)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
 
     @field_validator("timezone")
     @classmethod

@@ -110,7 +110,7 @@ def parse_building(text: str, file: str = "<building>") -> Building:
         problems = []
         for err in exc.errors():
             loc = _pydantic_loc(tuple(err["loc"]))
-            message = err["msg"]
+            message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown key"
             elif err["type"] == "missing":

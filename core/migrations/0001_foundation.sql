@@ -6,6 +6,8 @@ CREATE TABLE buildings (
     id          text PRIMARY KEY,
     name        text NOT NULL,
     timezone    text NOT NULL,
+    -- The alert-rule parameters of the building file (core.alert_config.AlertConfig).
+    alert_config jsonb NOT NULL DEFAULT '{}',
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 

@@ -1,0 +1,138 @@
+"""`upstairs demo` end to end: fresh floors within 15 s, Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import ROOT, MqttTarget
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _processes_using(path: Path) -> list[psutil.Process]:
+    """Processes whose command line names a path under ``path`` (embedded servers)."""
+    out = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(str(path) in part for part in cmdline):
+            out.append(proc)
+    return out
+
+
+def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
+    port = _free_port()
+    started = time.monotonic()
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "upstairs",
+            "demo",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    seen: set[int] = set()
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1/buildings/ref-tower/floors"
+        floors: list[dict[str, object]] = []
+        while time.monotonic() - started < 15:
+            seen.update(p.pid for p in _descendants(demo.pid))
+            assert demo.poll() is None, demo.stdout.read().decode() if demo.stdout else ""
+            try:
+                response = httpx.get(url, timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.3)
+                continue
+            if response.status_code == 200:
+                floors = response.json()
+                newest = [f["newest_reading_at"] for f in floors]
+                if len(floors) == 10 and all(newest):
+                    ages = [
+                        (datetime.now(UTC) - datetime.fromisoformat(str(n))).total_seconds()
+                        for n in newest
+                    ]
+                    if max(ages) < 30:
+                        break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"no fresh floors within 15 s: {floors}")
+        assert [f["number"] for f in floors] == list(range(1, 11))
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert page.status_code == 200 and "Floor" in page.text
+        credentials = json.loads((data_dir / "demo-credentials.json").read_text())
+        assert isinstance(credentials, dict)
+        seen.update(p.pid for p in _descendants(demo.pid))
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            out, _ = demo.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            out, _ = demo.communicate()
+            raise AssertionError("demo did not stop within 30 s of Ctrl-C") from None
+    assert demo.returncode == 0, out.decode()[-3000:]
+    deadline = time.monotonic() + 10
+    left: list[psutil.Process] = []
+    while time.monotonic() < deadline:
+        left = [
+            p
+            for p in (psutil.Process(pid) for pid in seen if psutil.pid_exists(pid))
+            if p.status() != psutil.STATUS_ZOMBIE
+        ]
+        left += _processes_using(data_dir.resolve())
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, f"left behind after Ctrl-C: {[p.cmdline() for p in left]}"
+
+
+def test_demo_on_configured_services(
+    service_env: dict[str, str], tmp_session_dir: Path, mqtt: MqttTarget
+) -> None:
+    data_dir = tmp_session_dir / f"demo-configured-{os.getpid()}-{mqtt.prefix.strip('/')}"
+    env = dict(service_env)
+    env["UPSTAIRS_INGEST_METRICS_PORT"] = "0"
+    _run_demo_and_stop(env, data_dir)
+
+
+@pytest.mark.timeout(180)
+def test_demo_on_embedded_services(tmp_session_dir: Path) -> None:
+    """No UPSTAIRS_DATABASE_URL / UPSTAIRS_MQTT_URL: the demo starts its own pair."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPSTAIRS_")}
+    env["UPSTAIRS_EMBEDDED_BROKER"] = "iotcore"  # what a fresh machine without mosquitto gets
+    env["UPSTAIRS_INGEST_METRICS_PORT"] = "0"
+    data_dir = tmp_session_dir / "demo-embedded"
+    _run_demo_and_stop(env, data_dir)
+    # Data survives to the next run: the second start reuses the database.
+    _run_demo_and_stop(env, data_dir)
