@@ -42,8 +42,8 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
 
 def _cmd_building_apply(args: argparse.Namespace) -> int:
     import psycopg
-    from core.building_store import apply_building
 
+    from core.building_store import apply_building
     from core.db import migrate
     from upstairs.services import endpoints
 
