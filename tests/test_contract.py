@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -95,7 +95,7 @@ def test_offsets_become_utc() -> None:
     reading = parse_reading({"sensor": "s", "ts": "2026-11-22T08:00:00+08:00", "value": 1})
     assert reading.ts == datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
     assert reading.ts.tzinfo is UTC or reading.ts.utcoffset() == timedelta(0)
-    assert timezone.utc.utcoffset(None) == timedelta(0)
+    assert UTC.utcoffset(None) == timedelta(0)
 
 
 @pytest.mark.parametrize(
