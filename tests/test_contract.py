@@ -72,7 +72,9 @@ def test_encode_then_parse() -> None:
         "v": 1,
         "source": "b1-f03-gw",
         "seq": 1234,
-        "readings": [{"sensor": "b1-f03-load-z2", "ts": "2026-11-21T23:59:59.120Z", "value": 412.5}],
+        "readings": [
+            {"sensor": "b1-f03-load-z2", "ts": "2026-11-21T23:59:59.120Z", "value": 412.5}
+        ],
     }
     envelope = parse_envelope(payload)
     assert (envelope.source, envelope.seq) == ("b1-f03-gw", 1234)
