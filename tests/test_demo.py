@@ -65,12 +65,16 @@ def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
     seen: set[int] = set()
     try:
         url = f"http://127.0.0.1:{port}/api/v1/buildings/ref-tower/floors"
+        headers: dict[str, str] = {}
         floors: list[dict[str, object]] = []
         while time.monotonic() - started < 15:
             seen.update(p.pid for p in _descendants(demo.pid))
             assert demo.poll() is None, demo.stdout.read().decode() if demo.stdout else ""
+            if not headers and (data_dir / "demo-credentials.json").exists():
+                token = json.loads((data_dir / "demo-credentials.json").read_text())["operator"]
+                headers = {"Authorization": f"Bearer {token}"}
             try:
-                response = httpx.get(url, timeout=2)
+                response = httpx.get(url, timeout=2, headers=headers)
             except httpx.HTTPError:
                 time.sleep(0.3)
                 continue
@@ -88,10 +92,10 @@ def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
         else:
             raise AssertionError(f"no fresh floors within 15 s: {floors}")
         assert [f["number"] for f in floors] == list(range(1, 11))
-        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
-        assert page.status_code == 200 and "Floor" in page.text
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5, headers=headers)
+        assert page.status_code in (200, 303), page.text
         credentials = json.loads((data_dir / "demo-credentials.json").read_text())
-        assert isinstance(credentials, dict)
+        assert set(credentials["tenants"]) and credentials["operator"]
         seen.update(p.pid for p in _descendants(demo.pid))
     finally:
         demo.send_signal(signal.SIGINT)

@@ -86,13 +86,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         building_file=args.building,
         scenario=args.scenario,
         speed=args.speed,
+        mode=args.mode,
     )
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from upstairs.simulate import run_simulate
 
-    return run_simulate(args.building, args.mode, args.speed, args.scenario, args.seed)
+    return run_simulate(
+        args.building, args.mode, args.speed, args.scenario, args.seed, args.port_base
+    )
 
 
 def _delegate(module: str, func: str = "main") -> Callable[[argparse.Namespace], int]:
@@ -136,11 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--building", type=Path, default=DEFAULT_BUILDING)
     demo.add_argument("--scenario", default="normal")
     demo.add_argument("--speed", type=float, default=1.0)
+    demo.add_argument(
+        "--mode",
+        choices=["mqtt", "modbus"],
+        default="mqtt",
+        help="mqtt: simulators publish directly; modbus: Modbus TCP devices + one gateway a floor",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     sim = sub.add_parser("simulate", help="run the device simulators of a building")
     sim.add_argument("--building", type=Path, default=DEFAULT_BUILDING)
-    sim.add_argument("--mode", choices=["mqtt"], default="mqtt")
+    sim.add_argument("--mode", choices=["mqtt", "modbus"], default="mqtt")
+    sim.add_argument("--port-base", type=int, default=15000, help="modbus: port = base + floor")
     sim.add_argument("--speed", type=float, default=1.0)
     sim.add_argument("--scenario", default="normal")
     sim.add_argument("--seed", type=int, default=0)
@@ -149,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     services = {
         "ingest": ("ingest.service", "MQTT telemetry into PostgreSQL"),
         "api": ("api.main", "the HTTP API and pages"),
+        "gateway": ("gateway.service", "a floor gateway: Modbus TCP devices to MQTT"),
+        "alerts": ("alerts.service", "the alert engine and live floor state"),
     }
     for name, (module, help_text) in services.items():
         p = sub.add_parser(name, help=help_text, add_help=False)
@@ -161,13 +173,49 @@ def build_parser() -> argparse.ArgumentParser:
     b_ingest = bench.add_parser("ingest", help="end-to-end ingest rate", add_help=False)
     b_ingest.add_argument("rest", nargs=argparse.REMAINDER)
     b_ingest.set_defaults(func=_delegate("ingest.bench"))
+    b_gateway = bench.add_parser("gateway", help="gateway polling rate, RSS, drain", add_help=False)
+    b_gateway.add_argument("rest", nargs=argparse.REMAINDER)
+    b_gateway.set_defaults(func=_delegate("gateway.bench"))
+    for name, module in (("alerts", "alerts.bench"), ("api", "api.bench")):
+        b = bench.add_parser(name, help=f"{name} latency", add_help=False)
+        b.add_argument("rest", nargs=argparse.REMAINDER)
+        b.set_defaults(func=_delegate(module))
     return parser
 
 
+# Commands whose own ``main(argv)`` parses the rest of the command line.
+DELEGATED = {
+    ("ingest",): "ingest.service",
+    ("api",): "api.main",
+    ("gateway",): "gateway.service",
+    ("alerts",): "alerts.service",
+    ("bench", "ingest"): "ingest.bench",
+    ("bench", "gateway"): "gateway.bench",
+    ("bench", "alerts"): "alerts.bench",
+    ("bench", "api"): "api.bench",
+}
+
+
+def _delegated(argv: list[str]) -> tuple[str, list[str]] | None:
+    """``upstairs [-v] api --port 1`` -> ("api.main", ["--port", "1"])."""
+    words = [a for a in argv if a not in ("-v", "--verbose")]
+    for key, module in DELEGATED.items():
+        if tuple(words[: len(key)]) == key:
+            return module, words[len(key) :]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if (target := _delegated(argv)) is not None:
+        import importlib
+
+        module, rest = target
+        entry: Callable[[list[str]], int] = importlib.import_module(module).main
+        return entry(rest)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command not in ("ingest", "api", "bench"):
+    if args.command not in ("ingest", "api", "gateway", "bench"):
         _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

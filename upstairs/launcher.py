@@ -30,6 +30,24 @@ def write_credentials(data_dir: Path, credentials: dict[str, object]) -> Path:
     return path
 
 
+def free_port_block(size: int) -> int:
+    """A base port such that base .. base+size are free now (Modbus servers per floor)."""
+    import socket
+
+    for base in range(15000, 60000, 100):
+        ok = True
+        for port in range(base, base + size + 1):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free block of ports for the Modbus simulators")
+
+
 def _wait_http(url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -43,7 +61,12 @@ def _wait_http(url: str, timeout_s: float) -> bool:
 
 
 def run_demo(
-    data_dir: Path, port: int, building_file: Path, scenario: str = "normal", speed: float = 1.0
+    data_dir: Path,
+    port: int,
+    building_file: Path,
+    scenario: str = "normal",
+    speed: float = 1.0,
+    mode: str = "mqtt",
 ) -> int:
     from core.building_store import apply_building
 
@@ -57,10 +80,15 @@ def run_demo(
         migrate(ep.database_url)
         with psycopg.connect(ep.database_url) as conn:
             apply_building(conn, building)
-        credentials = write_credentials(data_dir, {})
+        from api.tokens import demo_credentials
+
+        credentials = write_credentials(
+            data_dir, demo_credentials(ep.database_url, building.id)
+        )
         env = {**os.environ, **ep.env()}
         supervisor = Supervisor(env)
         supervisor.add("ingest", ["ingest"])
+        supervisor.add("alerts", ["alerts"])
         supervisor.add("api", ["api", "--port", str(port)])
         supervisor.add(
             "simulator",

@@ -1,4 +1,9 @@
-"""``upstairs simulate``: the device simulators of a building, until SIGINT/SIGTERM."""
+"""``upstairs simulate``: the device simulators of a building, until SIGINT/SIGTERM.
+
+``--mode mqtt`` publishes contract-v1 telemetry straight to the broker; ``--mode modbus``
+serves every floor's devices over Modbus TCP on 127.0.0.1 (port base + floor) for the
+floor gateways to poll.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +16,42 @@ from core.building_file import BuildingFileError, load_building
 from core.settings import MqttSettings, parse_mqtt_url
 
 
-def run_simulate(building_file: Path, mode: str, speed: float, scenario: str, seed: int) -> int:
-    from simulators import SCENARIOS, run_mqtt_simulator
+def run_simulate(
+    building_file: Path,
+    mode: str,
+    speed: float,
+    scenario: str,
+    seed: int,
+    port_base: int = 15000,
+) -> int:
+    from simulators import MODBUS_SCENARIOS, SCENARIOS, run_modbus_simulator, run_mqtt_simulator
 
     try:
         building = load_building(building_file)
     except BuildingFileError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if scenario not in SCENARIOS:
-        print(
-            f"unknown scenario {scenario!r}; known: {', '.join(sorted(SCENARIOS))}", file=sys.stderr
-        )
+    known = MODBUS_SCENARIOS if mode == "modbus" else tuple(SCENARIOS)
+    if scenario not in known:
+        print(f"unknown scenario {scenario!r}; known: {', '.join(sorted(known))}", file=sys.stderr)
         return 2
-    settings = MqttSettings()
-    if not settings.mqtt_url:
-        print("UPSTAIRS_MQTT_URL must be set (upstairs demo sets it for you)", file=sys.stderr)
-        return 2
-    address = parse_mqtt_url(settings.mqtt_url)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if mode == "modbus":
+            await run_modbus_simulator(
+                building, port_base=port_base, speed=speed, scenario=scenario, seed=seed, stop=stop
+            )
+            return
+        settings = MqttSettings()
+        if not settings.mqtt_url:
+            raise SystemExit("UPSTAIRS_MQTT_URL must be set (upstairs demo sets it for you)")
         await run_mqtt_simulator(
             building,
-            address,
+            parse_mqtt_url(settings.mqtt_url),
             prefix=settings.topic_prefix,
             speed=speed,
             scenario=scenario,
