@@ -45,6 +45,8 @@ def _processes_using(path: Path) -> list[psutil.Process]:
 
 def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
     port = _free_port()
+    # A second run rotates the demo tokens: never read the previous run's file.
+    (data_dir / "demo-credentials.json").unlink(missing_ok=True)
     started = time.monotonic()
     demo = subprocess.Popen(
         [
@@ -67,6 +69,7 @@ def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
         url = f"http://127.0.0.1:{port}/api/v1/buildings/ref-tower/floors"
         headers: dict[str, str] = {}
         floors: list[dict[str, object]] = []
+        last = ""
         while time.monotonic() - started < 15:
             seen.update(p.pid for p in _descendants(demo.pid))
             assert demo.poll() is None, demo.stdout.read().decode() if demo.stdout else ""
@@ -78,6 +81,7 @@ def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
             except httpx.HTTPError:
                 time.sleep(0.3)
                 continue
+            last = f"{response.status_code} {response.text[:300]}"
             if response.status_code == 200:
                 floors = response.json()
                 newest = [f["newest_reading_at"] for f in floors]
@@ -90,7 +94,9 @@ def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
                         break
             time.sleep(0.3)
         else:
-            raise AssertionError(f"no fresh floors within 15 s: {floors}")
+            demo.send_signal(signal.SIGINT)
+            out = demo.communicate(timeout=30)[0].decode(errors="replace")
+            raise AssertionError(f"no fresh floors in 15 s: {last}\n{out[-4000:]}")
         assert [f["number"] for f in floors] == list(range(1, 11))
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5, headers=headers)
         assert page.status_code in (200, 303), page.text
