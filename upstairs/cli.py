@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_delegate(module))
 
+    from upstairs import tokens_cli
+
+    tokens_cli.register(sub)
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench_command", required=True
     )
