@@ -1,0 +1,339 @@
+"""``upstairs bench ingest``: end-to-end ingest rate against the configured services.
+
+Publishers in separate processes send N readings in messages of K readings at QoS 1 to an
+ingester running as its own process; the rate is readings committed per second, from the
+first publish to the last commit. Measured in the same run, on the same machine: the ceiling
+(one process binary-COPYing the same rows into the same keyed, partitioned ``readings``), and
+the broker's delivery rate for messages of the same size. Afterwards the database is counted:
+``lost`` readings never stored, ``duplicated`` readings stored or rolled up twice.
+
+Everything runs in a schema and topic prefix of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from core.db import migrate, with_search_path
+from core.payload import Reading, encode_telemetry
+from core.settings import DatabaseSettings, MqttAddress, MqttSettings, parse_mqtt_url
+from core.topics import telemetry_topic
+from ingest.bench_mqtt import broker_rate, publish_messages
+
+logger = logging.getLogger(__name__)
+
+FLOORS = 10
+WINDOW_MESSAGES = 900  # inside even a default Mosquitto's per-client queue (1000)
+BUILDING = "bench"
+# Kinds of the ten sensors of each group, roughly the reference building's mix.
+KINDS = ["power", "power", "energy", "load", "load", "load", "temperature", "temperature",
+         "temperature", "fire"]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    readings: int
+    batch: int
+    sensors: int
+    base: datetime
+    prefix: str
+
+    @property
+    def per_floor(self) -> int:
+        return self.sensors // FLOORS
+
+    def sensor(self, floor: int, index: int) -> tuple[str, str]:
+        kind = KINDS[index % len(KINDS)]
+        return f"bench-f{floor:02d}-{kind}-{index:04d}", kind
+
+    def floor_rows(self, floor: int) -> Iterator[tuple[str, datetime, float]]:
+        """The readings of one floor in time order: every sensor once per second."""
+        count = self.readings // FLOORS + (1 if floor < self.readings % FLOORS else 0)
+        for j in range(count):
+            step, index = divmod(j, self.per_floor)
+            sensor, kind = self.sensor(floor, index)
+            yield sensor, self.base + timedelta(seconds=step), _value(kind, step, index)
+
+    def topic(self, floor: int) -> str:
+        return telemetry_topic(BUILDING, floor, self.prefix)
+
+    def messages(self, floors: list[int]) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        streams = {f: self.floor_rows(f) for f in floors}
+        seq = 0
+        while streams:
+            for floor in list(streams):
+                chunk = [
+                    Reading(*r) for _, r in zip(range(self.batch), streams[floor], strict=False)
+                ]
+                if not chunk:
+                    del streams[floor]
+                    continue
+                out.append((self.topic(floor), encode_telemetry(f"bench-gw-{floor}", seq, chunk)))
+                seq += 1
+        return out
+
+
+def _value(kind: str, step: int, index: int) -> float:
+    if kind == "energy":
+        return 10_000.0 + index + step * 0.05
+    if kind == "fire":
+        return 0.0
+    if kind == "temperature":
+        return 21.0 + (step % 50) / 10
+    return 100.0 + (step + index) % 300
+
+
+@dataclass
+class Report:
+    readings: int
+    batch: int
+    publishers: int
+    seconds: float
+    readings_per_s: float
+    copy_ceiling_rows_per_s: float
+    ratio: float
+    broker_msgs_per_s: float
+    broker_readings_per_s: float
+    rss_mb: float
+    lost: int
+    duplicated: int
+    rollups_consistent: bool
+
+
+def _register(url: str, plan: Plan) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO buildings (id, name, timezone) VALUES (%s, 'bench', 'UTC')",
+                     (BUILDING,))  # fmt: skip
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO floors (building_id, number, area_m2, height_m, load_limit_kg_m2,"
+                " power_capacity_kw) VALUES (%s, %s, 2000, 3.9, 500, 800)",
+                [(BUILDING, f) for f in range(FLOORS)],
+            )
+            rows = []
+            for floor in range(FLOORS):
+                for index in range(plan.per_floor):
+                    sensor, kind = plan.sensor(floor, index)
+                    rows.append((sensor, BUILDING, kind, floor))
+            cur.executemany(
+                "INSERT INTO sensors (id, building_id, kind, unit, floor, interval_s)"
+                " VALUES (%s, %s, %s, '-', %s, 1)",
+                rows,
+            )
+
+
+def copy_ceiling(url: str, plan: Plan) -> float:
+    """Rows/s of one process binary-COPYing the same rows into the same keyed table."""
+    spent = 0.0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT ensure_readings_partition(%s)", (plan.base,))
+        conn.execute("SELECT ensure_readings_partition(now())")
+        for floor in range(FLOORS):
+            rows = list(plan.floor_rows(floor))
+            for start in range(0, len(rows), 100_000):
+                chunk = rows[start : start + 100_000]
+                began = time.perf_counter()
+                with (
+                    conn.transaction(),
+                    conn.cursor().copy(
+                        "COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT BINARY)"
+                    ) as copy,
+                ):
+                    copy.set_types(["text", "timestamptz", "float8"])
+                    for row in chunk:
+                        copy.write_row(row)
+                spent += time.perf_counter() - began
+    return plan.readings / spent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _metric(port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _start_ingester(db_url: str, mqtt_url: str, prefix: str, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        UPSTAIRS_DATABASE_URL=db_url,
+        UPSTAIRS_MQTT_URL=mqtt_url,
+        UPSTAIRS_TOPIC_PREFIX=prefix,
+        UPSTAIRS_INGEST_METRICS_PORT=str(port),
+        UPSTAIRS_INGEST_CLIENT_ID=f"bench-{prefix.strip('/')}",
+        UPSTAIRS_INGEST_SESSION_EXPIRY_S="120",
+    )
+    level = os.environ.get("UPSTAIRS_BENCH_INGEST_LOG", "WARNING")
+    code = (
+        f"import sys; from ingest.service import main; sys.exit(main(['--log-level', {level!r}]))"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+def run(db: str, mqtt_url: str, readings: int, batch: int, publishers: int, sensors: int) -> Report:
+    tag = secrets.token_hex(4)
+    prefix = f"bench-{tag}/"
+    schema, ceiling_schema = f"bench_{tag}", f"bench_{tag}_ceiling"
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=readings // sensors + 120)
+    plan = Plan(readings, batch, sensors, base, prefix)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE SCHEMA {ceiling_schema}")
+    url, ceiling_url = with_search_path(db, schema), with_search_path(db, ceiling_schema)
+    ingester: subprocess.Popen[bytes] | None = None
+    try:
+        migrate(url)
+        migrate(ceiling_url)
+        _register(url, plan)
+        logger.info("measuring the COPY ceiling (%d rows)", readings)
+        ceiling = copy_ceiling(ceiling_url, plan)
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {ceiling_schema} CASCADE")
+        address = parse_mqtt_url(mqtt_url)
+        sample = plan.messages([0])[: max(1, min(20_000, readings // batch // FLOORS))]
+        logger.info("measuring the broker (%d messages)", len(sample))
+        broker = broker_rate(address, f"{prefix}probe/", sample)
+        port = _free_port()
+        ingester = _start_ingester(url, mqtt_url, prefix, port)
+        deadline = time.monotonic() + 60
+        while _metric(port, "upstairs_ingest_broker_connected") != 1.0:
+            if time.monotonic() > deadline or ingester.poll() is not None:
+                raise RuntimeError("the ingester did not come up")
+            time.sleep(0.1)
+        floors = [[f for f in range(FLOORS) if f % publishers == p] for p in range(publishers)]
+        ctx = mp.get_context("spawn")
+        ready, go = ctx.Barrier(publishers + 1), ctx.Event()
+        # Closed loop: publishers stay at most WINDOW messages ahead of what is committed, so
+        # the broker's per-client queue (Mosquitto: max_queued_messages, 1000 by default)
+        # never overflows and drops; the rate measured is what the ingester sustains.
+        allowed = ctx.Value("q", WINDOW_MESSAGES * batch, lock=False)
+        procs = [
+            ctx.Process(target=_publisher, args=(address, plan, fl, ready, go, allowed, publishers))
+            for fl in floors
+        ]
+        for proc in procs:
+            proc.start()
+        ready.wait(timeout=600)
+        started = time.perf_counter()
+        go.set()
+        stored = 0.0
+        last_progress, last_stored = time.monotonic(), -1.0
+        while stored < readings:
+            time.sleep(0.05)
+            stored = _metric(port, "upstairs_ingest_readings_stored_total") or 0.0
+            allowed.value = int(stored) + WINDOW_MESSAGES * batch
+            if stored != last_stored:
+                last_progress, last_stored = time.monotonic(), stored
+            elif time.monotonic() - last_progress > 60:
+                logger.error("no progress for 60 s at %d of %d readings", stored, readings)
+                break
+        seconds = time.perf_counter() - started
+        rss = _peak_rss_mb(ingester.pid)
+        for proc in procs:
+            proc.join(timeout=60)
+        ingester.send_signal(signal.SIGTERM)
+        ingester.wait(timeout=60)
+        ingester = None
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*), count(DISTINCT (sensor_id, ts)),"
+                " (SELECT coalesce(sum(count), 0) FROM rollups_1m),"
+                " (SELECT coalesce(sum(count), 0) FROM rollups_1h) FROM readings"
+            ).fetchone()
+        assert row is not None
+        total, distinct, in_1m, in_1h = (int(v) for v in row)
+        rate = distinct / seconds
+        return Report(
+            readings=readings,
+            batch=batch,
+            publishers=publishers,
+            seconds=round(seconds, 3),
+            readings_per_s=round(rate),
+            copy_ceiling_rows_per_s=round(ceiling),
+            ratio=round(rate / ceiling, 3),
+            broker_msgs_per_s=round(broker),
+            broker_readings_per_s=round(broker * batch),
+            rss_mb=round(rss, 1),
+            lost=readings - distinct,
+            duplicated=total - distinct,
+            rollups_consistent=in_1m == total and in_1h == total,
+        )
+    finally:
+        if ingester is not None:
+            ingester.kill()
+            ingester.wait()
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"DROP SCHEMA IF EXISTS {ceiling_schema} CASCADE")
+
+
+def _publisher(address: MqttAddress, plan: Plan, floors: list[int], ready: Any, go: Any,
+               allowed: Any, publishers: int) -> None:  # fmt: skip
+    messages = plan.messages(floors)
+    ready.wait()
+    go.wait()
+
+    def may_send(sent_readings: int) -> bool:
+        return bool(sent_readings * publishers < allowed.value)
+
+    publish_messages(address, messages, may_send)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="upstairs bench ingest", description=__doc__)
+    parser.add_argument("--readings", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=100, help="readings per MQTT message")
+    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--sensors", type=int, default=1000, help="sensors (10 floors)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    db, mqtt = DatabaseSettings().database_url, MqttSettings().mqtt_url
+    if not db or not mqtt:
+        logger.error("set UPSTAIRS_DATABASE_URL and UPSTAIRS_MQTT_URL (or run via upstairs)")
+        return 2
+    if args.sensors < FLOORS or args.readings < 1 or args.batch < 1:
+        parser.error("need at least 10 sensors, 1 reading and 1 reading per message")
+    report = run(db, mqtt, args.readings, args.batch, args.publishers, args.sensors)
+    for key, value in asdict(report).items():
+        print(f"{key:>24}: {value}")
+    if args.json:
+        print(json.dumps(asdict(report)))
+    return 0 if report.lost == 0 and report.duplicated == 0 else 1
