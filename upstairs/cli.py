@@ -209,6 +209,18 @@ def _delegated(argv: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def _bench(entry: Callable[[list[str]], int], rest: list[str]) -> int:
+    """Benchmarks run against the configured services, else embedded ones started here."""
+    import os
+
+    from upstairs.services import endpoints
+
+    _setup_logging()
+    with endpoints(Path(os.environ.get("UPSTAIRS_DATA_DIR", ".upstairs"))) as ep:
+        os.environ.update(ep.env())
+        return entry(rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if (target := _delegated(argv)) is not None:
@@ -216,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
         module, rest = target
         entry: Callable[[list[str]], int] = importlib.import_module(module).main
+        if module.endswith(".bench") and "-h" not in rest and "--help" not in rest:
+            return _bench(entry, rest)
         return entry(rest)
     parser = build_parser()
     args = parser.parse_args(argv)
