@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     from upstairs import tokens_cli
 
     tokens_cli.register(sub)
+    from upstairs import mqtt_credentials
+
+    mqtt_credentials.register(sub)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench_command", required=True
