@@ -87,6 +87,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         scenario=args.scenario,
         speed=args.speed,
         mode=args.mode,
+        backfill_hours=args.backfill_hours,
     )
 
 
@@ -94,7 +95,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from upstairs.simulate import run_simulate
 
     return run_simulate(
-        args.building, args.mode, args.speed, args.scenario, args.seed, args.port_base
+        args.building,
+        args.mode,
+        args.speed,
+        args.scenario,
+        args.seed,
+        args.port_base,
+        args.backfill_hours,
     )
 
 
@@ -138,7 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--building", type=Path, default=DEFAULT_BUILDING)
     demo.add_argument("--scenario", default="normal")
-    demo.add_argument("--speed", type=float, default=1.0)
+    demo.add_argument(
+        "--speed", type=float, default=1.0, help="with --backfill-hours: how fast to catch up"
+    )
+    demo.add_argument(
+        "--backfill-hours",
+        type=float,
+        default=0.0,
+        help="simulate this much history first (at --speed), then run live",
+    )
     demo.add_argument(
         "--mode",
         choices=["mqtt", "modbus"],
@@ -151,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--building", type=Path, default=DEFAULT_BUILDING)
     sim.add_argument("--mode", choices=["mqtt", "modbus"], default="mqtt")
     sim.add_argument("--port-base", type=int, default=15000, help="modbus: port = base + floor")
+    sim.add_argument(
+        "--backfill-hours",
+        type=float,
+        default=0.0,
+        help="mqtt: start this far in the past and run at --speed until now, then real time",
+    )
     sim.add_argument("--speed", type=float, default=1.0)
     sim.add_argument("--scenario", default="normal")
     sim.add_argument("--seed", type=int, default=0)

@@ -67,6 +67,7 @@ def run_demo(
     scenario: str = "normal",
     speed: float = 1.0,
     mode: str = "mqtt",
+    backfill_hours: float = 0.0,
 ) -> int:
     from core.building_store import apply_building
 
@@ -82,9 +83,7 @@ def run_demo(
             apply_building(conn, building)
         from api.tokens import demo_credentials
 
-        credentials = write_credentials(
-            data_dir, demo_credentials(ep.database_url, building.id)
-        )
+        credentials = write_credentials(data_dir, demo_credentials(ep.database_url, building.id))
         env = {**os.environ, **ep.env()}
         supervisor = Supervisor(env)
         supervisor.add("ingest", ["ingest"])

@@ -1,6 +1,8 @@
 """``upstairs simulate``: the device simulators of a building, until SIGINT/SIGTERM.
 
-``--mode mqtt`` publishes contract-v1 telemetry straight to the broker; ``--mode modbus``
+``--mode mqtt`` publishes contract-v1 telemetry straight to the broker, starting
+``--backfill-hours`` in the past and running ``--speed`` times faster until it reaches the
+wall clock, then in real time (timestamps are never in the future); ``--mode modbus``
 serves every floor's devices over Modbus TCP on 127.0.0.1 (port base + floor) for the
 floor gateways to poll.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.building_file import BuildingFileError, load_building
@@ -23,6 +26,7 @@ def run_simulate(
     scenario: str,
     seed: int,
     port_base: int = 15000,
+    backfill_hours: float = 0.0,
 ) -> int:
     from simulators import MODBUS_SCENARIOS, SCENARIOS, run_modbus_simulator, run_mqtt_simulator
 
@@ -57,6 +61,8 @@ def run_simulate(
             scenario=scenario,
             seed=seed,
             stop=stop,
+            start=datetime.now(UTC) - timedelta(hours=backfill_hours),
+            catch_up=True,
         )
 
     asyncio.run(run())
