@@ -1,8 +1,12 @@
-"""The API's connection pool, opened in the lifespan and reached through ``Depends``."""
+"""The API's connection pool, opened in the lifespan and reached through ``Depends``.
+
+The pool connects as the API role (see :mod:`api.settings`). Each new connection is checked
+once: a role that is superuser or may bypass row-level security is refused, so the API can
+never run with isolation switched off by a wrong URL.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,6 +15,27 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+Connection = AsyncConnection[DictRow]
+
+
+class UnsafeRoleError(RuntimeError):
+    """The API's database role could read past row-level security."""
+
+
+async def _check_role(conn: Connection) -> None:
+    cur = await conn.execute(
+        "SELECT current_user AS name, rolsuper, rolbypassrls FROM pg_roles"
+        " WHERE rolname = current_user"
+    )
+    row = await cur.fetchone()
+    await conn.execute("SET TIME ZONE 'UTC'")  # times leave the database as ...+00:00
+    await conn.commit()
+    if row is None or row["rolsuper"] or row["rolbypassrls"]:
+        name = row["name"] if row else "?"
+        raise UnsafeRoleError(
+            f"the API connects as {name!r}, which is superuser or bypasses row-level security;"
+            " connect as upstairs_api (docs/api.md)"
+        )
 
 
 def make_pool(conninfo: str, min_size: int, max_size: int) -> Pool:
@@ -21,6 +46,8 @@ def make_pool(conninfo: str, min_size: int, max_size: int) -> Pool:
         open=False,
         kwargs={"row_factory": dict_row, "autocommit": False},
         connection_class=AsyncConnection[DictRow],
+        configure=_check_role,
+        timeout=10.0,
     )
 
 
@@ -29,12 +56,4 @@ def get_pool(request: Request) -> Pool:
     return pool
 
 
-async def get_conn(
-    pool: Annotated[Pool, Depends(get_pool)],
-) -> AsyncIterator[AsyncConnection[DictRow]]:
-    """One connection and one transaction per request."""
-    async with pool.connection() as conn, conn.transaction():
-        yield conn
-
-
-Conn = Annotated[AsyncConnection[DictRow], Depends(get_conn)]
+PoolDep = Annotated[Pool, Depends(get_pool)]

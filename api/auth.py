@@ -1,0 +1,162 @@
+"""Who is asking: bearer tokens and browser sessions, and the per-request database scope.
+
+Every authenticated request gets one pooled connection and one transaction. The first
+statement authenticates (``api_authenticate``, a function the API role may call without any
+read access to the token tables) and sets ``app.role`` / ``app.tenant_id`` for this
+transaction only, so row-level security scopes every later query; the setting ends with the
+transaction, and a connection goes back to the pool with none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, HTTPException, Request
+from psycopg import errors as pg_errors
+from starlette.requests import HTTPConnection
+
+from api.db import Connection, PoolDep
+
+logger = logging.getLogger(__name__)
+
+SESSION_COOKIE = "upstairs_session"
+TOKEN_PREFIX = "ups_"
+
+_AUTH_SQL = """
+SELECT a.token_id, a.role, a.building_id, a.tenant_id, a.name,
+       set_config('app.role', a.role, true) AS _r,
+       set_config('app.tenant_id', coalesce(a.building_id || '/' || a.tenant_id, ''), true) AS _t
+  FROM {fn}(%s) a
+"""
+
+
+def token_hash(secret: str) -> bytes:
+    """Tokens and session secrets are random 256-bit strings: SHA-256 is the right hash."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    token_id: int
+    role: Literal["operator", "tenant"]
+    name: str
+    building_id: str | None = None
+    tenant_id: str | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "operator"
+
+    @property
+    def actor(self) -> str:
+        return f"{self.role}:{self.name} (token {self.token_id})"
+
+    def sees_building(self, building: str) -> bool:
+        return self.is_operator or self.building_id == building
+
+    def is_tenant(self, building: str, tenant: str) -> bool:
+        return self.building_id == building and self.tenant_id == tenant
+
+
+def unauthorized(detail: str = "authentication required") -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def credentials(request: HTTPConnection) -> tuple[str, bytes] | None:
+    """``("token", hash)`` from ``Authorization: Bearer``, else ``("session", hash)``."""
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise unauthorized("use 'Authorization: Bearer <token>'")
+        return "token", token_hash(value.strip())
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        return "session", token_hash(cookie)
+    return None
+
+
+async def authenticate(conn: Connection, kind: str, digest: bytes) -> Principal | None:
+    """Authenticate in the connection's current transaction and scope it to the principal."""
+    fn = "api_authenticate" if kind == "token" else "api_session_authenticate"
+    cur = await conn.execute(_AUTH_SQL.format(fn=fn), (digest,))  # fn is one of two literals
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return Principal(
+        token_id=row["token_id"],
+        role=row["role"],
+        name=row["name"],
+        building_id=row["building_id"],
+        tenant_id=row["tenant_id"],
+    )
+
+
+@dataclass(slots=True)
+class Scope:
+    """A request's connection, in a transaction scoped to ``principal``."""
+
+    conn: Connection
+    principal: Principal
+
+    async def rescope(self) -> None:
+        """Set the principal again (after a commit began a new transaction)."""
+        tenant = ""
+        if self.principal.building_id and self.principal.tenant_id:
+            tenant = f"{self.principal.building_id}/{self.principal.tenant_id}"
+        await self.conn.execute(
+            "SELECT set_config('app.role', %s, true), set_config('app.tenant_id', %s, true)",
+            (self.principal.role, tenant),
+        )
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+        await self.rescope()
+
+    async def audit(
+        self, action: str, target: str | None, result: str, detail: str | None = None
+    ) -> None:
+        p = self.principal
+        await self.conn.execute(
+            "INSERT INTO audit_log (token_id, role, building_id, tenant_id, action, target,"
+            " result, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (p.token_id, p.role, p.building_id, p.tenant_id, action, target, result, detail),
+        )
+
+
+async def scope(request: Request, pool: PoolDep) -> AsyncIterator[Scope]:
+    found = credentials(request)
+    if found is None:
+        raise unauthorized()
+    try:
+        async with pool.connection() as conn:
+            principal = await authenticate(conn, *found)
+            if principal is None:
+                await conn.rollback()
+                raise unauthorized("unknown, expired or revoked credentials")
+            request.state.principal = principal
+            yield Scope(conn, principal)
+            await conn.commit()
+    except (pg_errors.OperationalError, pg_errors.InterfaceError) as exc:
+        logger.warning("database unavailable: %s", exc)
+        raise HTTPException(503, "the database is not reachable") from exc
+
+
+ScopeDep = Annotated[Scope, Depends(scope)]
+
+
+async def operator_scope(s: ScopeDep) -> Scope:
+    if not s.principal.is_operator:
+        raise HTTPException(403, "operators only")
+    return s
+
+
+OperatorScopeDep = Annotated[Scope, Depends(operator_scope)]
+
+
+def principal_json(p: Principal) -> dict[str, Any]:
+    return {"role": p.role, "name": p.name, "building": p.building_id, "tenant": p.tenant_id}

@@ -1,0 +1,209 @@
+"""Live floor states and alert events: an MQTT subscription fanned out to WebSockets.
+
+One :class:`Hub` per process subscribes (in the lifespan's task group) to the retained
+``.../{floor}/state`` topics and the ``.../alerts`` events, parses them with the alert
+engine's own models (:mod:`core.alert_types`) and hands them to every connected socket. Each
+socket filters for its principal: an operator gets everything of the building, a tenant only
+the floors where it leases a zone (its own zones, the fire and evacuation state) and the
+alert events that name it. A payload that does not parse is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import aiomqtt
+from fastapi import APIRouter, HTTPException, Query, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from api.auth import Principal, authenticate, credentials, principal_json
+from api.common import ID_PATTERN
+from api.db import Pool
+from core.alert_types import AlertEvent, FloorState
+from core.settings import parse_mqtt_url
+from core.topics import Channel, TopicError, parse_topic, subscription
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["live"])
+
+Message = FloorState | AlertEvent
+_QUEUE = 1000
+_REAUTH_S = 30.0
+
+
+class Hub:
+    """Latest floor states and a fan-out of new messages to subscriber queues."""
+
+    def __init__(self, mqtt_url: str | None, prefix: str) -> None:
+        self.mqtt_url = mqtt_url
+        self.prefix = prefix
+        self.connected = False
+        self.states: dict[tuple[str, int], FloorState] = {}
+        self._queues: set[asyncio.Queue[Message | None]] = set()
+
+    @contextlib.contextmanager
+    def subscribe(self) -> Iterator[asyncio.Queue[Message | None]]:
+        queue: asyncio.Queue[Message | None] = asyncio.Queue(_QUEUE)
+        self._queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self._queues.discard(queue)
+
+    def publish(self, message: Message) -> None:
+        if isinstance(message, FloorState):
+            self.states[(message.building, message.floor)] = message
+        for queue in list(self._queues):
+            try:
+                queue.put_nowait(message)
+            except asyncio.QueueFull:  # a socket that cannot keep up is closed
+                self._queues.discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.get_nowait()
+                    queue.put_nowait(None)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        try:
+            parsed = parse_topic(topic, self.prefix)
+            if parsed.channel is Channel.STATE:
+                self.publish(FloorState.model_validate_json(payload))
+            elif parsed.channel is Channel.ALERTS:
+                self.publish(AlertEvent.model_validate_json(payload))
+        except (TopicError, ValidationError, ValueError) as exc:
+            logger.warning("dropped %s: %s (%r)", topic, str(exc)[:200], payload[:200])
+
+    async def run(self) -> None:
+        """Subscribe and dispatch forever; reconnect with jittered exponential backoff."""
+        if not self.mqtt_url:
+            return
+        address = parse_mqtt_url(self.mqtt_url)
+        backoff = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    address.host,
+                    address.port,
+                    username=address.username,
+                    password=address.password,
+                    tls_params=aiomqtt.TLSParameters() if address.tls else None,
+                ) as client:
+                    await client.subscribe(subscription(Channel.STATE, self.prefix), qos=1)
+                    await client.subscribe(subscription(Channel.ALERTS, self.prefix), qos=1)
+                    self.connected = True
+                    backoff = 0.5
+                    async for message in client.messages:
+                        payload = message.payload
+                        if isinstance(payload, bytes | bytearray):
+                            self.handle(str(message.topic), bytes(payload))
+            except aiomqtt.MqttError as exc:
+                logger.warning("MQTT: %s; reconnecting in %.1f s", exc, backoff)
+            finally:
+                self.connected = False
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 30.0)
+
+
+def for_principal(message: Message, p: Principal, building: str) -> dict[str, Any] | None:
+    """What of ``message`` the principal may see, as JSON, or None."""
+    if isinstance(message, FloorState):
+        if message.building != building:
+            return None
+        data = message.model_dump(mode="json")
+        if not p.is_operator:
+            zones = [z for z in data["zones"] if z.get("tenant") == p.tenant_id]
+            if not zones:
+                return None
+            keep = ("v", "building", "floor", "at", "gateway", "fire_state", "fire_latched")
+            data = {k: data[k] for k in keep} | {
+                "zones": zones,
+                "evacuation": data["evacuation"],
+                "evacuation_from": data["evacuation_from"],
+            }
+        return {"type": "floor_state", "data": data}
+    alert = message.alert
+    if alert.building != building:
+        return None
+    if not p.is_operator and p.tenant_id not in alert.tenants:
+        return None
+    data = message.model_dump(mode="json")
+    if not p.is_operator:
+        data["alert"]["tenants"] = [p.tenant_id]
+        if data["alert"].get("evacuation"):
+            data["alert"]["evacuation"]["tenants"] = [
+                t for t in data["alert"]["evacuation"]["tenants"] if t["id"] == p.tenant_id
+            ]
+    return {"type": "alert_event", "data": data}
+
+
+@router.websocket("/live")
+async def live(
+    websocket: WebSocket, building: str = Query(pattern=ID_PATTERN, description="building id")
+) -> None:
+    """Floor states and alert events of ``building`` as they happen, filtered for the role."""
+    pool: Pool = websocket.state.pool
+    hub: Hub = websocket.state.hub
+    try:
+        found = credentials(websocket)
+    except HTTPException:  # a malformed Authorization header
+        found = None
+    principal = None
+    if found is not None:
+        async with pool.connection() as conn:
+            principal = await authenticate(conn, *found)
+            visible = False
+            if principal is not None and principal.sees_building(building):
+                cur = await conn.execute("SELECT 1 FROM buildings WHERE id = %s", (building,))
+                visible = await cur.fetchone() is not None
+            await conn.commit()
+        if principal is not None and not visible:
+            await websocket.close(code=4404, reason="no such building")
+            return
+    if principal is None or found is None:
+        await websocket.close(code=4401, reason="authentication required")
+        return
+    await websocket.accept()
+    with hub.subscribe() as queue:
+        await websocket.send_json({"type": "hello", "data": principal_json(principal)})
+        for key in sorted(hub.states):
+            out = for_principal(hub.states[key], principal, building)
+            if out is not None:
+                await websocket.send_json(out)
+        with contextlib.suppress(WebSocketDisconnect):
+            await _pump(websocket, queue, (principal, found), building, pool)
+
+
+async def _pump(
+    websocket: WebSocket,
+    queue: asyncio.Queue[Message | None],
+    who: tuple[Principal, tuple[str, bytes]],
+    building: str,
+    pool: Pool,
+) -> None:
+    principal, found = who
+    loop = asyncio.get_running_loop()
+    recheck = loop.time() + _REAUTH_S
+    while True:
+        try:
+            message = await asyncio.wait_for(queue.get(), timeout=max(0.0, recheck - loop.time()))
+        except TimeoutError:
+            async with pool.connection() as conn:
+                still = await authenticate(conn, *found)
+                await conn.commit()
+            if still is None:
+                await websocket.close(code=4401, reason="credentials revoked")
+                return
+            recheck = loop.time() + _REAUTH_S
+            continue
+        if message is None:
+            await websocket.close(code=1013, reason="too slow: reconnect")
+            return
+        out = for_principal(message, principal, building)
+        if out is not None:
+            await websocket.send_text(json.dumps(out))

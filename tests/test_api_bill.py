@@ -1,0 +1,108 @@
+"""Bills: the API's bill equals a hand computation from the raw register readings."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.api_helpers import apply, bearer, client, ref_tower, store_readings, token
+from tests.conftest import REF_TOWER
+
+TZ = ZoneInfo("Asia/Shanghai")
+METER = "ref-f01-energy-voltcab"
+PRICES = {"peak": 1.25, "flat": 0.78, "valley": 0.32}
+
+
+def period(local: datetime) -> str:
+    h = local.hour
+    if 8 <= h < 11 or 18 <= h < 23:
+        return "peak"
+    if h == 7 or 11 <= h < 18:
+        return "flat"
+    return "valley"
+
+
+def register_readings() -> list[tuple[str, datetime, float]]:
+    """October 2026 (local) every 5 minutes, with a reset and a four-hour gap inside it."""
+    start = datetime(2026, 9, 30, 22, 0, tzinfo=TZ).astimezone(UTC)
+    end = datetime(2026, 11, 1, 2, 0, tzinfo=TZ).astimezone(UTC)
+    gap = (datetime(2026, 10, 20, 6, 2, tzinfo=TZ), datetime(2026, 10, 20, 10, 7, tzinfo=TZ))
+    reset_at = datetime(2026, 10, 10, 14, 30, tzinfo=TZ)
+    rows, value, ts, i = [], 5000.0, start, 0
+    while ts < end:
+        local = ts.astimezone(TZ)
+        value += 1.0 + (i % 7) * 0.5 + (3.0 if period(local) == "peak" else 0.0)
+        if local == reset_at:
+            value = 2.0  # meter replaced: the register starts again near zero
+        if not gap[0] <= local < gap[1]:
+            rows.append((METER, ts, round(value, 3)))
+        ts += timedelta(minutes=5)
+        i += 1
+    return rows
+
+
+def hand_bill(rows: list[tuple[str, datetime, float]]) -> dict[str, Any]:
+    month_start = datetime(2026, 10, 1, tzinfo=TZ)
+    month_end = datetime(2026, 11, 1, tzinfo=TZ)
+    kwh: dict[str, float] = defaultdict(float)
+    quarters: dict[datetime, float] = defaultdict(float)
+    prev = None
+    for _, ts, value in rows:
+        local = ts.astimezone(TZ)
+        delta = 0.0 if prev is None else (value - prev if value >= prev else value)
+        prev = value
+        if month_start <= local < month_end:
+            kwh[period(local)] += delta
+            quarters[local.replace(minute=local.minute - local.minute % 15)] += delta
+    return {
+        "kwh": dict(kwh),
+        "cost": {p: round(kwh[p] * PRICES[p], 2) for p in PRICES},
+        "total_kwh": sum(kwh.values()),
+        "peak_kw": max(quarters.values()) * 4,
+    }
+
+
+def test_bill_equals_hand_computation(db_url: str) -> None:
+    apply(db_url, ref_tower(REF_TOWER))
+    rows = register_readings()
+    store_readings(db_url, rows)
+    expected = hand_bill(rows)
+    secret = token(db_url, "tenant", "voltcab", "ref-tower")
+    with client(db_url) as c:
+        r = c.get("/api/v1/tenants/voltcab/bill?month=2026-10", headers=bearer(secret))
+        assert r.status_code == 200, r.text
+        bill = r.json()
+        again = c.get("/api/v1/tenants/voltcab/bill?month=2026-10", headers=bearer(secret))
+        assert again.json() == bill  # served from the validated cache
+        csv = c.get("/api/v1/tenants/voltcab/bill?month=2026-10&format=csv", headers=bearer(secret))
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert "total," in csv.text
+    lines = {p["name"]: p for p in bill["periods"]}
+    for name in PRICES:
+        assert lines[name]["kwh"] == pytest.approx(expected["kwh"][name], abs=1e-3)
+        assert lines[name]["cost"] == pytest.approx(expected["cost"][name], abs=0.011)
+    assert bill["total_kwh"] == pytest.approx(expected["total_kwh"], abs=1e-3)
+    assert bill["peak_demand_kw"] == pytest.approx(expected["peak_kw"], abs=1e-3)
+    assert bill["contract_utilisation_pct"] == pytest.approx(
+        100 * expected["peak_kw"] / 1800,
+        abs=0.01,
+    )
+    assert bill["start"] == "2026-09-30T16:00:00Z" and bill["bin_minutes"] == 15
+    assert bill["meters"] == [METER]
+
+
+def test_bill_of_a_month_without_data_is_zero(db_url: str) -> None:
+    apply(db_url, ref_tower(REF_TOWER))
+    secret = token(db_url, "operator")
+    with client(db_url) as c:
+        r = c.get("/api/v1/tenants/axisline/bill?month=2026-03", headers=bearer(secret))
+        assert r.status_code == 200, r.text
+        assert r.json()["total_kwh"] == 0 and r.json()["peak_demand_kw"] is None
+        assert (
+            c.get("/api/v1/tenants/axisline/bill?month=2026-13", headers=bearer(secret)).status_code
+            == 422
+        )
