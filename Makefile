@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck imports pytest bench clean
+.PHONY: setup demo test lint typecheck imports pytest bench clean browser screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -31,10 +31,18 @@ typecheck: setup
 imports: setup
 	$(BIN)/lint-imports
 
-pytest: setup
+# Debian's Chromium for the Playwright browser tests (playwright cannot download browsers here).
+browser: setup
+	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+
+pytest: setup browser
 	$(BIN)/pytest -q
 
-test: lint typecheck imports pytest
+test: lint typecheck imports browser pytest
+
+# Renders every page of the demo into docs/screenshots/ (and prints page load times).
+screenshots: setup browser
+	$(PY) -m tests.browser_helpers screenshots --out docs/screenshots
 
 bench: setup
 	$(BIN)/upstairs bench ingest --readings 200000

@@ -10,17 +10,29 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from api import alerts, buildings, floors, history, live, loadcheck, session, tenants
-from api.auth import Scope, authenticate, credentials
+from api import (
+    alerts,
+    buildings,
+    floors,
+    history,
+    live,
+    loadcheck,
+    pages_alerts,
+    pages_operator,
+    pages_tenant,
+    session,
+    tenants,
+)
 from api.db import PoolDep, UnsafeRoleError, make_pool
 from api.live import Hub
 from api.metrics import Metrics, MetricsMiddleware
-from api.pages import TEMPLATES
+from api.pages import STATIC_DIR
 from api.settings import ApiSettings
 
 logger = logging.getLogger(__name__)
@@ -77,6 +89,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     for module in (buildings, floors, history, tenants, alerts, loadcheck, session, live):
         app.include_router(module.router)
+    for page in (pages_operator, pages_alerts, pages_tenant):
+        app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/healthz", tags=["health"], summary="The process is up", response_model=Health)
     async def healthz() -> Health:
@@ -112,28 +127,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False, response_model=None)
-    async def index(request: Request, pool: PoolDep) -> Response:
-        try:
-            found = credentials(request)
-        except HTTPException:
-            found = None
-        if found is None:
-            return RedirectResponse("/sign-in", status_code=303)
-        async with pool.connection() as conn:
-            principal = await authenticate(conn, *found)
-            if principal is None:
-                return RedirectResponse("/sign-in", status_code=303)
-            scope = Scope(conn, principal)
-            cur = await conn.execute("SELECT id, name, timezone FROM buildings ORDER BY id")
-            shown = []
-            for row in await cur.fetchall():
-                summaries = await floors.floor_summaries(scope.conn, row["id"])
-                shown.append({**row, "floors": sorted(summaries, key=lambda f: -f.number)})
-            await conn.commit()
-        return TEMPLATES.TemplateResponse(
-            request, "index.html", {"buildings": shown, "principal": principal}
-        )
 
     return app

@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     from upstairs import mqtt_credentials
 
     mqtt_credentials.register(sub)
+    from upstairs import grafana
+
+    grafana.register(sub)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench_command", required=True
