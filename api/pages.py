@@ -57,16 +57,16 @@ TEMPLATES.env.filters["jsonblock"] = _tojson_safe
 
 # Worst status first. Colour is never the only signal: every status has a word and an icon.
 STATUSES: dict[str, tuple[str, str]] = {
-    "fire": ("FIRE", "🔥"),
-    "evacuate": ("Evacuate", "🚨"),
-    "critical": ("Critical", "⛔"),
+    "fire": ("FIRE", "✹"),
+    "evacuate": ("Evacuate", "⚑"),
+    "critical": ("Critical", "✖"),
     "warning": ("Warning", "⚠"),
-    "trouble": ("Trouble", "🔧"),
+    "trouble": ("Trouble", "⚙"),
     "unknown": ("No data", "?"),
     "normal": ("Normal", "✓"),
 }
 TEMPLATES.env.globals["STATUSES"] = STATUSES
-SEVERITY_ICONS = {"critical": "⛔", "warning": "⚠", "trouble": "🔧", "info": "ℹ"}
+SEVERITY_ICONS = {"critical": "✖", "warning": "⚠", "trouble": "⚙", "info": "ℹ"}
 TEMPLATES.env.globals["SEVERITY_ICONS"] = SEVERITY_ICONS
 
 

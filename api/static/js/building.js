@@ -6,11 +6,11 @@
   const numbers = JSON.parse(document.getElementById("floor-numbers").textContent);
   const states = {};
   const STATUS = {
-    fire: ["FIRE", "🔥"], evacuate: ["Evacuate", "🚨"], critical: ["Critical", "⛔"],
-    warning: ["Warning", "⚠"], trouble: ["Trouble", "🔧"], unknown: ["No data", "?"],
+    fire: ["FIRE", "✹"], evacuate: ["Evacuate", "⚑"], critical: ["Critical", "✖"],
+    warning: ["Warning", "⚠"], trouble: ["Trouble", "⚙"], unknown: ["No data", "?"],
     normal: ["Normal", "✓"],
   };
-  const SEV = { critical: "⛔", warning: "⚠", trouble: "🔧", info: "ℹ" };
+  const SEV = { critical: "✖", warning: "⚠", trouble: "⚙", info: "ℹ" };
   const { num, esc } = UP;
 
   /* Same rules as api.pages.floor_status. */
@@ -40,7 +40,7 @@
     return `<strong>${num(fs.power_kw, 0)}</strong> / ${num(fs.power_capacity_kw, 0)} kW <small>(${num(fs.power_pct, 0)} %)</small>`;
   }
   function fireCell(fs) {
-    return { alarm: "🔥 ALARM", fault: "🔧 fault", normal: "✓ normal" }[fs.fire_state] || "? unknown";
+    return { alarm: "✹ ALARM", fault: "⚙ fault", normal: "✓ normal" }[fs.fire_state] || "? unknown";
   }
   function alertsCell(fs) {
     const a = fs.open_alerts || {};
@@ -80,7 +80,7 @@
       if (!floors.length) floors = [f - 1, f, f + 1].filter((n) => numbers.includes(n));
       floors.sort((a, b) => a - b);
       const who = floors.filter((n) => tenants[n]).map((n) => `Floor ${n}: ${tenants[n].map((t) => esc(t.name)).join(", ")}.`).join(" ");
-      return `<p>🔥 <strong>FIRE on floor ${f}</strong> — evacuate floors <strong>${floors.join(", ")}</strong>. ${who}</p>`;
+      return `<p>✹ <strong>FIRE on floor ${f}</strong> — evacuate floors <strong>${floors.join(", ")}</strong>. ${who}</p>`;
     });
     box.innerHTML = lines.join("");
     box.hidden = false;

@@ -28,7 +28,7 @@
       row.className = pct === null ? "" : pct >= 100 ? "s-critical" : pct >= 90 ? "s-warning" : "";
       row.querySelector('[data-f="load"]').textContent = UP.num(z.load_kg_m2, 0, "kg/m²");
       row.querySelector('[data-f="pct"]').textContent = pct === null ? "? no fresh reading"
-        : `${pct >= 100 ? "⛔ " : pct >= 90 ? "⚠ " : ""}${UP.num(pct, 1, "%")}`;
+        : `${pct >= 100 ? "✖ " : pct >= 90 ? "⚠ " : ""}${UP.num(pct, 1, "%")}`;
     }
   });
 })();

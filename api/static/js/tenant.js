@@ -27,7 +27,7 @@
   const form = document.getElementById("movein");
   const result = document.getElementById("movein-result");
   const NAMES = { zone_load: "Zone floor load", point_load: "Point load under the machine", height: "Height under the ceiling", floor_power: "Floor electrical capacity", tenant_contract: "Your contracted power" };
-  const VERDICT = { ok: ["✓", "OK"], warn: ["⚠", "Check first"], refuse: ["⛔", "No"] };
+  const VERDICT = { ok: ["✓", "OK"], warn: ["⚠", "Check first"], refuse: ["✖", "No"] };
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const data = new FormData(form);
@@ -56,7 +56,7 @@
       const box = document.getElementById("evacuation");
       box.hidden = !s.evacuations.length;
       document.getElementById("evacuation-text").innerHTML = s.evacuations.map((e) =>
-        `🔥 <strong>FIRE on floor ${e.fire_floor}</strong> — evacuate floors <strong>${e.floors.join(", ")}</strong>. Your space on floor ${e.yours.join(", ")} is in the evacuation zone: leave by the stairs now.`).join("<br>");
+        `✹ <strong>FIRE on floor ${e.fire_floor}</strong> — evacuate floors <strong>${e.floors.join(", ")}</strong>. Your space on floor ${e.yours.join(", ")} is in the evacuation zone: leave by the stairs now.`).join("<br>");
     } catch (e) {
       UP.status("off", "○ offline");
     }
