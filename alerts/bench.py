@@ -16,11 +16,14 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -61,13 +64,20 @@ def _building() -> Building:
     })  # fmt: skip
 
 
-def _client(url: str) -> paho.Client:
+def _no_delay(_c: Any, _u: Any, sock: Any) -> None:
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _client(url: str, nagle: bool = False) -> paho.Client:
     address = parse_mqtt_url(url)
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     if address.username:
         client.username_pw_set(address.username, address.password)
+    if not nagle:  # measure the engine, not Nagle's algorithm in the measuring client
+        client.on_socket_open = _no_delay
     client.connect(address.host, address.port)
     client.loop_start()
     return client
@@ -121,14 +131,28 @@ class _Latency:
             self.cond.notify_all()
 
 
+def _echo(key: str, pad: int) -> bytes:
+    return json.dumps({"k": key, "pad": "x" * pad}).encode()
+
+
+def _violation(seq: int, sensor: str, value: float) -> bytes:
+    return encode_telemetry("bench", seq, [Reading(sensor, datetime.now(UTC), value)])
+
+
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
-def _measure(client: paho.Client, lat: _Latency, items: list[tuple[str, str, bytes]],
-             per_s: float) -> list[float]:  # fmt: skip
-    for key, topic, payload in items:
+def _measure(
+    client: paho.Client,
+    lat: _Latency,
+    items: Sequence[tuple[str, str, Callable[[], bytes]]],
+    per_s: float,
+) -> list[float]:
+    """Publish one item at a time (payload made just before: a reading stamped "now")."""
+    for key, topic, make in items:
+        payload = make()
         lat.sent[key] = time.perf_counter()
         client.publish(topic, payload, qos=1)
         time.sleep(1.0 / per_s)
@@ -145,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--violations", type=int, default=1000, help="per rule (max 1000)")
     parser.add_argument("--background", type=int, default=10_000, help="readings/s")
     parser.add_argument("--pace", type=float, default=100.0, help="violations per second")
+    parser.add_argument(
+        "--nagle",
+        action="store_true",
+        help="leave Nagle's algorithm on in the measuring client (adds 20-40 ms per message)",
+    )
     args = parser.parse_args(argv)
     db, mqtt_url = os.environ.get("UPSTAIRS_DATABASE_URL"), os.environ.get("UPSTAIRS_MQTT_URL")
     if not db or not mqtt_url:
@@ -158,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     engine: subprocess.Popen[bytes] | None = None
     stop, count = mp.Event(), mp.Value("q", 0)
     bg = mp.Process(target=_background, args=(mqtt_url, prefix, args.background, stop, count))
-    client = _client(mqtt_url)
+    client = _client(mqtt_url, nagle=args.nagle)
     try:
         migrate(url)
         building = _building()
@@ -185,20 +214,20 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2.0)  # background at full rate before measuring
         t_bg = time.monotonic()
         c0 = count.value
-        now = datetime.now
         zones = [f"b{f:02d}-z{z:03d}" for z in range(ZONES) for f in range(1, FLOORS + 1)][:n]
-        sample = encode_telemetry("bench", 0, [Reading(f"{zones[0]}-load", now(UTC), 600.0)])
+        sample = encode_telemetry(
+            "bench", 0, [Reading(f"{zones[0]}-load", datetime.now(UTC), 600.0)]
+        )
         echo = [(f"e{i}", f"{prefix}bench/echo",
-                 json.dumps({"k": f"e{i}", "pad": "x" * max(0, len(sample) - 20)}).encode())
-                for i in range(n)]  # fmt: skip
+                 partial(_echo, f"e{i}", max(0, len(sample) - 20))) for i in range(n)]  # fmt: skip
         rtt = _measure(client, lat, echo, args.pace)
         load = _measure(client, lat, [
             (f"{z}-load", telemetry_topic(BUILDING, int(z[1:3]), prefix),
-             encode_telemetry("bench", i, [Reading(f"{z}-load", now(UTC), 600.0)]))
+             partial(_violation, i, f"{z}-load", 600.0))
             for i, z in enumerate(zones)], args.pace)  # fmt: skip
         fire = _measure(client, lat, [
             (f"{z}-fire", telemetry_topic(BUILDING, int(z[1:3]), prefix),
-             encode_telemetry("bench", i, [Reading(f"{z}-fire", now(UTC), 1.0)]))
+             partial(_violation, i, f"{z}-fire", 1.0))
             for i, z in enumerate(zones)], args.pace)  # fmt: skip
         bg_rate = (count.value - c0) / (time.monotonic() - t_bg)
     finally:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from core.alert_types import (
     FIRE_RULES,
+    AlertEvent,
     AlertState,
     AlertView,
     CommandAction,
@@ -50,6 +51,7 @@ class Alert:
     escalated_at: datetime | None = None
     evacuation: Evacuation | None = None
     id: int | None = None
+    stored: bool = False  # its row exists (committed) in the alerts table
 
     @property
     def key(self) -> tuple[Rule, str]:
@@ -103,6 +105,7 @@ class Change:
     detail: str | None = None
     new: bool = False
     event_id: int | None = field(default=None)
+    wire: tuple[AlertEvent, bytes] | None = None  # the published event, once built
 
 
 def record(

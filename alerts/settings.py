@@ -36,6 +36,12 @@ class AlertSettings(DatabaseSettings, MqttSettings):
     state_max_interval_s: float = Field(
         default=10.0, gt=0, le=10, description="every floor state is republished this often"
     )
+    batch_max: int = Field(
+        default=50, ge=1, le=10_000, description="queued messages handled in one transaction"
+    )
+    building_poll_s: float = Field(
+        default=5.0, gt=0, le=3600, description="how often a re-applied building is looked for"
+    )
     webhook_urls: list[str] = Field(default_factory=list)
     webhook_secret: SecretStr = SecretStr("")
     webhook_timeout_s: float = Field(default=5.0, gt=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -240,3 +241,98 @@ def test_flood_raises_one_flood_alert() -> None:
     assert opened(d, "flood") == ["opened"]
     d.advance(601)
     assert ("resolved", "flood", "warning") in d.kinds("flood")
+
+
+def test_floor_state_payload_is_a_valid_floor_state() -> None:
+    from alerts.floor_state import floor_state, floor_state_json
+    from core.alert_types import FloorState
+
+    d = Driver(ref_tower(**QUIET))
+    d.reading(LOAD, 470)
+    d.reading("ref-f03-fire-z1", 1)
+    d.advance(1)
+    for floor in (2, 3, 4):
+        state = FloorState.model_validate_json(floor_state_json(d.engine, floor, d.now))
+        assert state.model_dump(mode="json") == FloorState.model_validate(
+            floor_state(d.engine, floor, d.now)
+        ).model_dump(mode="json")
+        assert state.evacuation and state.evacuation_from == [3]
+    state = FloorState.model_validate_json(floor_state_json(d.engine, 3, d.now))
+    assert state.fire_state == "alarm" and state.fire_latched
+    assert state.zones[1].load_kg_m2 == 470 and state.zones[1].quality == "good"
+    assert state.open_alerts == {Severity.CRITICAL: 1}
+
+
+def _without_sensor(building: Any, sensor_id: str) -> Any:
+    data = building.model_dump(by_alias=True)
+    data["sensors"] = [s for s in data["sensors"] if s["id"] != sensor_id]
+    return type(building).model_validate(data)
+
+
+def test_reloaded_building_keeps_state_and_settles_removed_subjects() -> None:
+    d = Driver(ref_tower(**QUIET, zone_load={"on_delay_s": 0}, temperature={"on_delay_s": 30}))
+    d.reading(LOAD, 520)  # open zone_load alert
+    d.reading("ref-f02-fire-z1", 1)  # latched fire
+    d.reading("ref-f04-fire-z1", 2)  # fault on a detector that will be removed
+    d.reading("ref-f06-temp-z1", 70)  # pending on-delay
+    load = next(c.alert for c in d.changes if c.alert.rule is Rule.ZONE_LOAD)
+    fire = next(c.alert for c in d.changes if c.alert.rule is Rule.FIRE)
+    old = d.engine
+    changed = ref_tower(**QUIET, zone_load={"on_delay_s": 0}, temperature={"warning_c": 30})
+    for gone in ("ref-f02-fire-z1", "ref-f04-fire-z1"):
+        changed = _without_sensor(changed, gone)
+    d.engine = old.reloaded(changed, d.now)
+    d._collect()
+    assert d.engine.alerts[load.key] is load and d.engine.by_id[load.id or 0] is load
+    assert d.engine.live.zone_load("f03-z2").value == 520
+    fault = [c for c in d.changes if c.alert.rule is Rule.FIRE_FAULT]
+    assert [c.kind for c in fault] == [EventKind.OPENED, EventKind.RESOLVED]
+    # the latched fire alarm of the removed detector waits for its reset
+    assert fire.is_open and not fire.condition_active and d.kinds("fire")[-1][0] == "cleared"
+    assert d.engine.command(fire.id or 0, CommandAction.RESET, "op", d.now).done
+    # new rule parameters apply; the pending on-delay started before the reload completes
+    d.advance(10)
+    d.reading("ref-f06-temp-z1", 70)
+    assert d.kinds("temperature") == [("opened", "temperature", "critical")]
+    d.reading("ref-f07-temp-z1", 35)  # above the new warning (30), below the old one (40)
+    assert d.engine.conditions[(Rule.TEMPERATURE, "sensor:ref-f07-temp-z1")].pending_dir == 1
+    d.reading(LOAD, 530)
+    assert opened(d, "zone_load") == ["opened"]  # no duplicate after the reload
+
+
+def test_intake_takes_exactly_what_the_contract_accepts() -> None:
+    import json
+
+    from alerts.intake import feed_telemetry
+
+    d = Driver(ref_tower(**QUIET))
+    ts = "2026-11-22T08:00:00.000Z"
+
+    def body(*readings: object) -> bytes:
+        return json.dumps({"v": 1, "source": "gw", "seq": 1, "readings": list(readings)}).encode()
+
+    good = {"sensor": LOAD, "ts": ts, "value": 100}
+    refused = [
+        {"sensor": LOAD, "ts": ts, "value": True},  # a boolean is not a number
+        {"sensor": LOAD, "ts": ts, "value": "1"},
+        {"sensor": LOAD, "ts": "2026-11-22T08:00:00", "value": 1.0},  # naive
+        {"sensor": LOAD, "ts": "yesterday", "value": 1.0},
+        {"sensor": LOAD, "ts": ts, "value": 1.0, "unit": "kg"},  # unknown key
+        {"sensor": LOAD, "value": 1.0},
+        {"sensor": "ref-f04-load-z1", "ts": ts, "value": 1.0},  # registered on floor 4
+        {"sensor": "nobody", "ts": ts, "value": 1.0},
+        [LOAD, ts, 1.0],
+    ]
+    assert feed_telemetry(d.engine, 3, body(*refused), d.now) == 0
+    assert feed_telemetry(d.engine, 3, b"{not json", d.now) == 0
+    assert (
+        feed_telemetry(d.engine, 3, b'{"v": 2, "source": "gw", "seq": 1, "readings": []}', d.now)
+        == 0
+    )
+    nan = b'{"v":1,"source":"gw","seq":1,"readings":[{"sensor":"%s","ts":"%s","value":NaN}]}'
+    assert feed_telemetry(d.engine, 3, nan % (LOAD.encode(), ts.encode()), d.now) == 0
+    assert feed_telemetry(d.engine, 3, body(*refused, good), d.now) == 1
+    assert d.engine.live.sensors[LOAD].value == 100.0
+    later = {"sensor": LOAD, "ts": "2026-11-22T16:00:01+08:00", "value": 200.5}
+    assert feed_telemetry(d.engine, 3, body(later, good), d.now) == 1  # older one ignored
+    assert d.engine.live.sensors[LOAD].value == 200.5

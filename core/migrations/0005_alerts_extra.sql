@@ -49,3 +49,15 @@ $$;
 
 CREATE TRIGGER alert_commands_notify AFTER INSERT ON alert_commands
     FOR EACH ROW EXECUTE FUNCTION alert_commands_notify();
+
+-- MQTT outbox: every alert event is written here in its own transaction and published after
+-- the commit; the row goes when the broker acknowledged it (PUBACK). A restart publishes
+-- what is left again, so a crash between commit and publish loses no MQTT copy (subscribers
+-- may see an event twice and drop the repeat by event_id).
+CREATE TABLE alert_mqtt_outbox (
+    event_id     bigint PRIMARY KEY REFERENCES alert_events(id) ON DELETE CASCADE,
+    building_id  text NOT NULL REFERENCES buildings(id) ON DELETE CASCADE,
+    body         bytea NOT NULL,          -- the exact JSON published
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX alert_mqtt_outbox_building ON alert_mqtt_outbox (building_id, event_id);
