@@ -269,6 +269,7 @@ class EmbeddedBroker:
             "autosave_interval 60",
             "max_queued_messages 100000",
             "max_inflight_messages 100",
+            "set_tcp_nodelay true",
             f"log_dest file {log}",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         ]
