@@ -93,6 +93,7 @@ class Hub:
                     username=address.username,
                     password=address.password,
                     tls_params=aiomqtt.TLSParameters() if address.tls else None,
+                    protocol=aiomqtt.ProtocolVersion.V5,  # the embedded broker speaks only v5
                 ) as client:
                     await client.subscribe(subscription(Channel.STATE, self.prefix), qos=1)
                     await client.subscribe(subscription(Channel.ALERTS, self.prefix), qos=1)
@@ -110,8 +111,55 @@ class Hub:
             backoff = min(backoff * 2, 30.0)
 
 
-def for_principal(message: Message, p: Principal, building: str) -> dict[str, Any] | None:
-    """What of ``message`` the principal may see, as JSON, or None."""
+def tenant_zones(states: dict[tuple[str, int], FloorState], building: str, tenant: str) -> set[str]:
+    """The zones ``tenant`` leases now, as the latest floor states of ``building`` say."""
+    return {
+        zone.zone
+        for (b, _), state in states.items()
+        if b == building
+        for zone in state.zones
+        if zone.tenant == tenant
+    }
+
+
+#: What a tenant sees of an alert about someone else's space (it reaches the tenant only as a
+#: fire evacuation or a floor-wide condition): the floor, the rule and the advice, never the
+#: neighbour's zone, sensor, figures or the names of who acted.
+_NEIGHBOUR_KEEP = ("id", "building", "rule", "floor", "tenants", "severity", "state", "latched",
+                   "condition_active", "opened_at", "resolved_at", "evacuation")  # fmt: skip
+
+
+def redact_for_tenant(alert: dict[str, Any], tenant: str, own_zones: set[str]) -> dict[str, Any]:
+    """Keep only what ``tenant`` may see of an alert (a dict of ``AlertView`` fields)."""
+    alert = dict(alert)
+    alert["tenants"] = [tenant]
+    if alert.get("evacuation"):
+        evacuation = dict(alert["evacuation"])
+        evacuation["tenants"] = [t for t in evacuation.get("tenants", []) if t["id"] == tenant]
+        alert["evacuation"] = evacuation
+    if alert.get("zone") is not None and alert["zone"] in own_zones:
+        return alert
+    if alert.get("zone") is None and alert.get("rule") not in ("fire", "fire_fault"):
+        return alert  # a floor-wide condition of a floor the tenant is on (no neighbour data)
+    floor = alert.get("floor")
+    kept = {k: alert.get(k) for k in _NEIGHBOUR_KEEP}
+    kept["subject"] = f"floor {floor}"
+    if alert.get("evacuation"):
+        floors = ", ".join(str(f) for f in alert["evacuation"].get("floors", []))
+        kept["message"] = f"FIRE on floor {floor}: evacuate floors {floors}"
+    else:
+        kept["message"] = f"{alert.get('rule')} on floor {floor}"
+    return kept
+
+
+def for_principal(
+    message: Message, p: Principal, building: str, own_zones: set[str] | None = None
+) -> dict[str, Any] | None:
+    """What of ``message`` the principal may see, as JSON, or None.
+
+    ``own_zones``: for a tenant, the zones it leases; an alert about any other zone is
+    redacted to the floor and the evacuation advice (:func:`redact_for_tenant`).
+    """
     if isinstance(message, FloorState):
         if message.building != building:
             return None
@@ -133,12 +181,10 @@ def for_principal(message: Message, p: Principal, building: str) -> dict[str, An
     if not p.is_operator and p.tenant_id not in alert.tenants:
         return None
     data = message.model_dump(mode="json")
-    if not p.is_operator:
-        data["alert"]["tenants"] = [p.tenant_id]
-        if data["alert"].get("evacuation"):
-            data["alert"]["evacuation"]["tenants"] = [
-                t for t in data["alert"]["evacuation"]["tenants"] if t["id"] == p.tenant_id
-            ]
+    if not p.is_operator and p.tenant_id is not None:
+        data["alert"] = redact_for_tenant(data["alert"], p.tenant_id, own_zones or set())
+        data["actor"] = "engine" if data["actor"] == "engine" else "operator"
+        data["detail"] = None
     return {"type": "alert_event", "data": data}
 
 
@@ -176,7 +222,7 @@ async def live(
             if out is not None:
                 await websocket.send_json(out)
         with contextlib.suppress(WebSocketDisconnect):
-            await _pump(websocket, queue, (principal, found), building, pool)
+            await _pump(websocket, queue, (principal, found), building, pool, hub.states)
 
 
 async def _pump(
@@ -185,6 +231,7 @@ async def _pump(
     who: tuple[Principal, tuple[str, bytes]],
     building: str,
     pool: Pool,
+    hub_states: dict[tuple[str, int], FloorState],
 ) -> None:
     principal, found = who
     loop = asyncio.get_running_loop()
@@ -204,6 +251,11 @@ async def _pump(
         if message is None:
             await websocket.close(code=1013, reason="too slow: reconnect")
             return
-        out = for_principal(message, principal, building)
+        own = (
+            tenant_zones(hub_states, building, principal.tenant_id)
+            if principal.tenant_id is not None
+            else None
+        )
+        out = for_principal(message, principal, building, own)
         if out is not None:
             await websocket.send_text(json.dumps(out))
