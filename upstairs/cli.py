@@ -207,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     b_gateway = bench.add_parser("gateway", help="gateway polling rate, RSS, drain", add_help=False)
     b_gateway.add_argument("rest", nargs=argparse.REMAINDER)
     b_gateway.set_defaults(func=_delegate("gateway.bench"))
-    for name, module in (("alerts", "alerts.bench"), ("api", "api.bench")):
+    for name, module in (
+        ("alerts", "alerts.bench"),
+        ("api", "api.bench"),
+        ("scale", "upstairs.bench_scale"),
+    ):
         b = bench.add_parser(name, help=f"{name} latency", add_help=False)
         b.add_argument("rest", nargs=argparse.REMAINDER)
         b.set_defaults(func=_delegate(module))
@@ -224,6 +228,7 @@ DELEGATED = {
     ("bench", "gateway"): "gateway.bench",
     ("bench", "alerts"): "alerts.bench",
     ("bench", "api"): "api.bench",
+    ("bench", "scale"): "upstairs.bench_scale",
 }
 
 
@@ -255,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
 
         module, rest = target
         entry: Callable[[list[str]], int] = importlib.import_module(module).main
-        if module.endswith(".bench") and "-h" not in rest and "--help" not in rest:
+        if (
+            module.endswith((".bench", ".bench_scale"))
+            and "-h" not in rest
+            and "--help" not in rest
+        ):
             return _bench(entry, rest)
         return entry(rest)
     parser = build_parser()

@@ -37,6 +37,7 @@ def _die_with_parent() -> None:
 class Child:
     name: str
     argv: Sequence[str]
+    env: dict[str, str] | None = None  # None: the supervisor's
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
@@ -50,14 +51,16 @@ class Supervisor:
         self.children: list[Child] = []
         self._stopping = False
 
-    def add(self, name: str, upstairs_args: Sequence[str]) -> None:
+    def add(
+        self, name: str, upstairs_args: Sequence[str], env: dict[str, str] | None = None
+    ) -> None:
         argv = [sys.executable, "-m", "upstairs", *upstairs_args]
-        self.children.append(Child(name, argv))
+        self.children.append(Child(name, argv, env))
 
     def _spawn(self, child: Child) -> None:
         child.process = subprocess.Popen(
             list(child.argv),
-            env=self.env,
+            env=child.env if child.env is not None else self.env,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
