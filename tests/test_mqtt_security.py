@@ -619,3 +619,82 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     args = parser.parse_args([*argv, "--topic-prefix", "bad+/"])
     assert args.func(args) == 2
     assert "bad+/" in capsys.readouterr().err
+
+
+def test_gateway_forging_another_floor_stores_0_rows(
+    broker: Broker, db_url: str, tmp_path: Path
+) -> None:
+    """End to end with the real ingester logged in as ``upstairs-ingest``: the floor-3
+    gateway's readings of floor-4 sensors, sent on floor 4's topic, store 0 rows; its own
+    floor's readings, sent the same way, are stored."""
+    import os
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    from core.building_store import apply_building
+    from core.payload import Reading, encode_telemetry
+    from tests.conftest import ROOT
+
+    building = load_building(REF_TOWER)
+    with psycopg.connect(db_url) as conn:
+        apply_building(conn, building)
+    sensors = {n: [s.id for s in building.sensors_on(n) if s.kind == "load"] for n in (3, 4)}
+    password = broker.password("upstairs-ingest")
+    env = {
+        **os.environ,
+        "UPSTAIRS_DATABASE_URL": db_url,
+        "UPSTAIRS_MQTT_URL": f"mqtt://upstairs-ingest:{password}@127.0.0.1:{broker.port}",
+        "UPSTAIRS_TOPIC_PREFIX": "",
+        "UPSTAIRS_INGEST_SHARED_GROUP": "ingest",
+        "UPSTAIRS_INGEST_CLIENT_ID": "upstairs-ingest-acl-test",
+        "UPSTAIRS_INGEST_METRICS_PORT": "0",
+    }
+    log = tmp_path / "ingest.log"
+    with log.open("wb") as out:
+        ingester = subprocess.Popen(
+            [sys.executable, "-m", "upstairs", "ingest"], env=env, cwd=ROOT, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    gateway = as_user(broker, gateway_user(B, 3))
+    try:
+        time.sleep(2)  # the ingester subscribes
+        now = datetime.now(UTC) - timedelta(seconds=5)
+
+        def batch(floor: int) -> bytes:
+            readings = [Reading(s, now, 250.0) for s in sensors[floor]]
+            return encode_telemetry(gateway_user(B, 3), floor, readings)
+
+        assert gateway.publish(f"upstairs/v1/{B}/4/telemetry", batch(4)) == NOT_AUTHORIZED
+        assert gateway.publish(f"upstairs/v1/{B}/3/telemetry", batch(3)) < 128
+        deadline = time.monotonic() + 20
+        stored: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            with psycopg.connect(db_url) as conn:
+                for floor in (3, 4):
+                    row = conn.execute(
+                        "SELECT count(*) FROM readings WHERE sensor_id = ANY(%s)",
+                        (sensors[floor],),
+                    ).fetchone()
+                    stored[floor] = row[0] if row else -1
+            if stored[3] == len(sensors[3]):
+                break
+            time.sleep(0.3)
+        time.sleep(1)
+        with psycopg.connect(db_url) as conn:
+            forged = conn.execute(
+                "SELECT count(*) FROM readings WHERE sensor_id = ANY(%s)", (sensors[4],)
+            ).fetchone()
+            dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+        assert stored[3] == len(sensors[3]), log.read_text()[-2000:]
+        assert forged == (0,)
+        assert dead == (0,)
+    finally:
+        gateway.close()
+        ingester.terminate()
+        try:
+            ingester.wait(15)
+        except subprocess.TimeoutExpired:
+            ingester.kill()
+            ingester.wait()
