@@ -95,8 +95,8 @@ def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
             time.sleep(0.3)
         else:
             demo.send_signal(signal.SIGINT)
-            out = demo.communicate(timeout=30)[0].decode(errors="replace")
-            raise AssertionError(f"no fresh floors in 15 s: {last}\n{out[-4000:]}")
+            text = demo.communicate(timeout=30)[0].decode(errors="replace")
+            raise AssertionError(f"no fresh floors in 15 s: {last}\n{text[-4000:]}")
         assert [f["number"] for f in floors] == list(range(1, 11))
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5, headers=headers)
         assert page.status_code in (200, 303), page.text
@@ -105,11 +105,12 @@ def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
         seen.update(p.pid for p in _descendants(demo.pid))
     finally:
         demo.send_signal(signal.SIGINT)
+        out: bytes = b""
         try:
-            out, _ = demo.communicate(timeout=30)
+            out = demo.communicate(timeout=30)[0]
         except subprocess.TimeoutExpired:
             demo.kill()
-            out, _ = demo.communicate()
+            out = demo.communicate()[0]
             raise AssertionError("demo did not stop within 30 s of Ctrl-C") from None
     assert demo.returncode == 0, out.decode()[-3000:]
     deadline = time.monotonic() + 10
