@@ -43,7 +43,7 @@ def _processes_using(path: Path) -> list[psutil.Process]:
     return out
 
 
-def _run_demo_and_stop(env: dict[str, str], data_dir: Path) -> None:
+def _run_demo_and_stop(env: dict[str, str], data_dir: Path, *extra: str) -> None:
     port = _free_port()
     # A second run rotates the demo tokens: never read the previous run's file.
     (data_dir / "demo-credentials.json").unlink(missing_ok=True)
@@ -135,6 +135,16 @@ def test_demo_on_configured_services(
     env = dict(service_env)
     env["UPSTAIRS_INGEST_METRICS_PORT"] = "0"
     _run_demo_and_stop(env, data_dir)
+
+
+def test_demo_in_modbus_mode(
+    service_env: dict[str, str], tmp_session_dir: Path, mqtt: MqttTarget
+) -> None:
+    """Devices on Modbus TCP, one gateway a floor, the same floors within 15 s."""
+    data_dir = tmp_session_dir / f"demo-modbus-{mqtt.prefix.strip('/')}"
+    env = dict(service_env)
+    env["UPSTAIRS_INGEST_METRICS_PORT"] = "0"
+    _run_demo_and_stop(env, data_dir, "--mode", "modbus")
 
 
 @pytest.mark.timeout(180)
