@@ -1,25 +1,36 @@
 """Who is asking: bearer tokens and browser sessions, and the per-request database scope.
 
-Every authenticated request gets one pooled connection and one transaction. The first
-statement authenticates (``api_authenticate``, a function the API role may call without any
-read access to the token tables) and sets ``app.role`` / ``app.tenant_id`` for this
-transaction only, so row-level security scopes every later query; the setting ends with the
-transaction, and a connection goes back to the pool with none.
+Every request that reads the database gets one pooled connection and one transaction whose
+first statement scopes it: it authenticates (``api_authenticate``, a function the API role
+may call without any read access to the token tables) and sets ``app.role`` /
+``app.tenant_id`` for this transaction only, so row-level security scopes every later query;
+the setting ends with the transaction, and a connection goes back to the pool with none.
+
+A bearer token that authenticated is remembered by this process for
+``UPSTAIRS_API_AUTH_CACHE_S`` seconds (5 by default; 0 turns it off). Within that window the
+first statement only sets the principal (no lookup of the token), and an answer served from
+the response cache (:mod:`api.common`) needs no connection at all. So a revoked token is
+refused by every replica at most that long after the revocation committed. Browser sessions
+are not cached: signing out takes effect at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from psycopg import errors as pg_errors
 from starlette.requests import HTTPConnection
 
-from api.db import Connection, PoolDep
+from api.db import Connection, Pool, PoolDep
 
 logger = logging.getLogger(__name__)
 
@@ -128,25 +139,115 @@ class Scope:
         )
 
 
+class PrincipalCache:
+    """Bearer tokens that authenticated lately: digest -> (principal, expiry), bounded LRU."""
+
+    def __init__(self, ttl_s: float, size: int = 4096) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._entries: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+
+    def get(self, kind: str, digest: bytes) -> Principal | None:
+        if kind != "token" or self.ttl_s <= 0:
+            return None
+        found = self._entries.get(digest)
+        if found is None:
+            return None
+        if found[1] <= time.monotonic():
+            del self._entries[digest]
+            return None
+        return found[0]
+
+    def put(self, kind: str, digest: bytes, principal: Principal) -> None:
+        if kind != "token" or self.ttl_s <= 0:
+            return
+        self._entries[digest] = (principal, time.monotonic() + self.ttl_s)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+_principal_caches: weakref.WeakKeyDictionary[FastAPI, PrincipalCache] = weakref.WeakKeyDictionary()
+
+
+def principal_cache(request: HTTPConnection) -> PrincipalCache:
+    """The application's token cache (one per app, so per worker process)."""
+    app: FastAPI = request.app
+    cache = _principal_caches.get(app)
+    if cache is None:
+        settings = getattr(app.state, "settings", None)
+        ttl = float(getattr(settings, "api_auth_cache_s", 0.0))
+        cache = _principal_caches[app] = PrincipalCache(ttl)
+    return cache
+
+
+def _db_unavailable(exc: Exception) -> HTTPException:
+    logger.warning("database unavailable: %s", exc)
+    return HTTPException(503, "the database is not reachable")
+
+
+async def _scoped(conn: Connection, cache: PrincipalCache, found: tuple[str, bytes]) -> Principal:
+    """Scope the connection's transaction: to a cached principal, else by authenticating."""
+    principal = cache.get(*found)
+    if principal is not None:
+        await Scope(conn, principal).rescope()
+        return principal
+    principal = await authenticate(conn, *found)
+    if principal is None:
+        await conn.rollback()
+        raise unauthorized("unknown, expired or revoked credentials")
+    cache.put(*found, principal)
+    return principal
+
+
 async def scope(request: Request, pool: PoolDep) -> AsyncIterator[Scope]:
     found = credentials(request)
     if found is None:
         raise unauthorized()
+    cache = principal_cache(request)
     try:
         async with pool.connection() as conn:
-            principal = await authenticate(conn, *found)
-            if principal is None:
-                await conn.rollback()
-                raise unauthorized("unknown, expired or revoked credentials")
+            principal = await _scoped(conn, cache, found)
             request.state.principal = principal
             yield Scope(conn, principal)
             await conn.commit()
     except (pg_errors.OperationalError, pg_errors.InterfaceError) as exc:
-        logger.warning("database unavailable: %s", exc)
-        raise HTTPException(503, "the database is not reachable") from exc
+        raise _db_unavailable(exc) from exc
+
+
+async def current_principal(request: Request, pool: PoolDep) -> Principal:
+    """Who is asking, without holding a connection (from the token cache when fresh)."""
+    found = credentials(request)
+    if found is None:
+        raise unauthorized()
+    cache = principal_cache(request)
+    principal = cache.get(*found)
+    if principal is None:
+        try:
+            async with pool.connection() as conn:
+                principal = await _scoped(conn, cache, found)
+                await conn.commit()
+        except (pg_errors.OperationalError, pg_errors.InterfaceError) as exc:
+            raise _db_unavailable(exc) from exc
+    request.state.principal = principal
+    return principal
+
+
+@asynccontextmanager
+async def open_scope(pool: Pool, principal: Principal) -> AsyncIterator[Scope]:
+    """A connection in a transaction scoped to an authenticated ``principal``; commits."""
+    try:
+        async with pool.connection() as conn:
+            s = Scope(conn, principal)
+            await s.rescope()
+            yield s
+            await conn.commit()
+    except (pg_errors.OperationalError, pg_errors.InterfaceError) as exc:
+        raise _db_unavailable(exc) from exc
 
 
 ScopeDep = Annotated[Scope, Depends(scope)]
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
 async def operator_scope(s: ScopeDep) -> Scope:

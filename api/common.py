@@ -1,12 +1,33 @@
-"""Shared pieces of the routers: error models, documented responses, ids, JSON output."""
+"""Shared pieces of the routers: error models, documented responses, ids, JSON output.
+
+Also the response cache of the read endpoints (live floors, history, tenant power, bills).
+Dashboards ask the same questions again and again, from many screens at once; an answer is
+kept per principal class (operators; each tenant of each building: the classes row-level
+security distinguishes) and URL (path and query) for ``UPSTAIRS_API_CACHE_S`` seconds (2 by
+default; 0 turns it off), so the same read from many clients costs one query. Only 200
+answers are kept; every request is still authenticated (:mod:`api.auth`) before the cache is
+looked at. When an answer is older than the window, the next request computes it again while
+requests arriving meanwhile get the previous answer, for at most one more window; so an
+answer is never older than two windows plus one computation. Per process, at most
+``_CACHE_BYTES`` of bodies, least recently used first out.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from fastapi import HTTPException, Path, Request, Response
+from fastapi import FastAPI, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from api.auth import Principal
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -91,3 +112,104 @@ async def forbid_unknown_query(request: Request) -> None:
                 for name in unknown
             ]
         )
+
+
+_CACHE_BYTES = 64 * 1024 * 1024
+
+CacheKey = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    body: bytes
+    media_type: str | None
+    headers: dict[str, str]
+    made: float
+
+    def response(self) -> Response:
+        return Response(self.body, media_type=self.media_type, headers=self.headers)
+
+
+class ResponseCache:
+    """Recent 200 answers by key, with one computation per key at a time (see above)."""
+
+    def __init__(self, ttl_s: float, max_bytes: int = _CACHE_BYTES) -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[CacheKey, _Cached] = OrderedDict()
+        self._pending: dict[CacheKey, asyncio.Future[_Cached | None]] = {}
+        self._bytes = 0
+
+    async def get(self, key: CacheKey, make: Callable[[], Awaitable[Response]]) -> Response:
+        if self.ttl_s <= 0:
+            return await make()
+        entry = self._entries.get(key)
+        pending = self._pending.get(key)
+        now = time.monotonic()
+        if entry is not None:
+            age = now - entry.made
+            if age < self.ttl_s or (pending is not None and age < 2 * self.ttl_s):
+                self._entries.move_to_end(key)
+                return entry.response()
+        if pending is not None:  # someone computes it right now: share the answer
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared.response()
+            return await make()  # that computation failed or was not cacheable: our own
+        future: asyncio.Future[_Cached | None] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        kept: _Cached | None = None
+        try:
+            response = await make()
+            kept = self._keep(key, response)
+            return response
+        finally:
+            del self._pending[key]
+            future.set_result(kept)
+
+    def _keep(self, key: CacheKey, response: Response) -> _Cached | None:
+        body = bytes(response.body) if hasattr(response, "body") else None
+        if response.status_code != 200 or body is None or len(body) > self.max_bytes // 8:
+            return None
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-length", "content-type")
+        }
+        entry = _Cached(body, response.media_type, headers, time.monotonic())
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.body)
+        self._entries[key] = entry
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes and self._entries:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= len(dropped.body)
+        return entry
+
+
+_response_caches: weakref.WeakKeyDictionary[FastAPI, ResponseCache] = weakref.WeakKeyDictionary()
+
+
+def response_cache(request: Request) -> ResponseCache:
+    """The application's response cache (one per app, so per worker process)."""
+    app: FastAPI = request.app
+    cache = _response_caches.get(app)
+    if cache is None:
+        settings = getattr(app.state, "settings", None)
+        ttl = float(getattr(settings, "api_cache_s", 0.0))
+        cache = _response_caches[app] = ResponseCache(ttl)
+    return cache
+
+
+def cache_key(request: Request, principal: Principal) -> CacheKey:
+    """What an answer depends on: who (as row-level security sees it), path and query."""
+    who = (principal.role, principal.building_id, principal.tenant_id)
+    return (who, request.url.path, tuple(sorted(request.query_params.multi_items())))
+
+
+async def cached(
+    request: Request, principal: Principal, make: Callable[[], Awaitable[Response]]
+) -> Response:
+    """``make()``'s answer, from the response cache when it holds a recent one."""
+    return await response_cache(request).get(cache_key(request, principal), make)

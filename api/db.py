@@ -51,7 +51,7 @@ def make_pool(conninfo: str, min_size: int, max_size: int) -> Pool:
     )
 
 
-def get_pool(request: Request) -> Pool:
+async def get_pool(request: Request) -> Pool:
     pool: Pool = request.state.pool
     return pool
 

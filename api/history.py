@@ -12,20 +12,20 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import Field
 
-from api.auth import ScopeDep
-from api.buildings import require_building
+from api.auth import PrincipalDep, open_scope
 from api.common import (
     ID_PATTERN,
     _Strict,
     building_path,
+    cached,
     forbid_unknown_query,
     not_found,
     responses,
 )
-from api.db import Connection
+from api.db import Connection, PoolDep
 from api.series import From, Step, StepQuery, To, bin_params, bin_sql, choose_step, source
 from api.series import time_range as _range
 
@@ -83,6 +83,12 @@ async def _series(
             " NULL::float8 AS kwh FROM readings x"
             " WHERE x.sensor_id = ANY(%(ids)s) AND x.ts >= %(start)s AND x.ts < %(end)s"
         )
+    elif step in (Step.M1, Step.H1):  # one rollup row per step: nothing to aggregate
+        inner = (
+            f"SELECT x.sensor_id, x.{column} AS b, x.sum / x.count AS avg, x.min, x.max,"
+            f" x.energy_kwh AS kwh FROM {table} x WHERE x.sensor_id = ANY(%(ids)s)"
+            f" AND x.{column} >= %(start)s AND x.{column} < %(end)s"
+        )
     else:
         bin_expr = bin_sql(step, f"x.{column}")
         inner = (
@@ -94,7 +100,7 @@ async def _series(
     query = (
         "SELECT r.sensor_id, json_build_object("
         " 't', json_agg(r.b ORDER BY r.b),"
-        " 'avg', json_agg(round(r.avg::numeric, 4) ORDER BY r.b),"
+        " 'avg', json_agg(round(r.avg * 1e4) / 1e4 ORDER BY r.b),"
         " 'min', json_agg(r.min ORDER BY r.b), 'max', json_agg(r.max ORDER BY r.b),"
         " 'energy_kwh', CASE WHEN r.sensor_id = ANY(%(energy)s)"
         "                    THEN json_agg(r.kwh ORDER BY r.b) END)::text AS body"
@@ -143,7 +149,9 @@ async def _timezone(conn: Connection, building: str) -> ZoneInfo:
     summary="A floor's load, power or temperature per sensor over time",
 )
 async def floor_history(
-    s: ScopeDep,
+    request: Request,
+    who: PrincipalDep,
+    pool: PoolDep,
     *,
     metric: Annotated[Metric, Query(description="load (kg/m2), power (kW), temperature (degC)")],
     start: From = None,
@@ -152,33 +160,44 @@ async def floor_history(
     building: str = building_path(),
     floor: int = Path(ge=-5, le=200),
 ) -> Response:
-    await require_building(s.conn, building)
     first, last = _range(start, end, timedelta(hours=24))
     chosen = choose_step(step, first, last)
-    cur = await s.conn.execute(
-        "SELECT 1 FROM floors WHERE building_id = %s AND number = %s", (building, floor)
-    )
-    if await cur.fetchone() is None:
-        raise not_found(f"floor {floor} of {building!r}")
-    cur = await s.conn.execute(
-        f"SELECT {_SENSOR_COLUMNS} FROM sensors s"
-        " WHERE s.building_id = %s AND s.floor = %s AND s.kind = %s ORDER BY s.id",
-        (building, floor, metric),
-    )
-    sensors = list(await cur.fetchall())
-    tz = await _timezone(s.conn, building)
-    series = await _series(s.conn, sensors, step=chosen, start=first, end=last, tz=tz)
-    history = History(
-        building=building,
-        floor=floor,
-        metric=metric,
-        unit=UNITS[metric],
-        step=chosen,
-        start=first,
-        end=last,
-        series=[],
-    )
-    return _history_response(history, series)
+
+    async def make() -> Response:
+        async with open_scope(pool, who) as s:
+            # RLS hides a building (and its floors) the caller may not see: one query checks
+            # both and finds the timezone
+            cur = await s.conn.execute(
+                "SELECT b.timezone, f.number FROM buildings b LEFT JOIN floors f"
+                " ON f.building_id = b.id AND f.number = %s WHERE b.id = %s",
+                (floor, building),
+            )
+            head = await cur.fetchone()
+            if head is None:
+                raise not_found(f"building {building!r}")
+            if head["number"] is None:
+                raise not_found(f"floor {floor} of {building!r}")
+            tz = ZoneInfo(head["timezone"])
+            cur = await s.conn.execute(
+                f"SELECT {_SENSOR_COLUMNS} FROM sensors s"
+                " WHERE s.building_id = %s AND s.floor = %s AND s.kind = %s ORDER BY s.id",
+                (building, floor, metric),
+            )
+            sensors = list(await cur.fetchall())
+            series = await _series(s.conn, sensors, step=chosen, start=first, end=last, tz=tz)
+        history = History(
+            building=building,
+            floor=floor,
+            metric=metric,
+            unit=UNITS[metric],
+            step=chosen,
+            start=first,
+            end=last,
+            series=[],
+        )
+        return _history_response(history, series)
+
+    return await cached(request, who, make)
 
 
 @router.get(
@@ -188,7 +207,9 @@ async def floor_history(
     summary="One sensor's readings (raw) or statistics per step",
 )
 async def sensor_readings(
-    s: ScopeDep,
+    request: Request,
+    who: PrincipalDep,
+    pool: PoolDep,
     sensor: Annotated[
         str, Path(pattern=ID_PATTERN, description="sensor id", examples=["ref-f03-load-z2"])
     ],
@@ -198,21 +219,26 @@ async def sensor_readings(
 ) -> Response:
     first, last = _range(start, end, timedelta(hours=1))
     chosen = choose_step(step, first, last)
-    cur = await s.conn.execute(
-        f"SELECT {_SENSOR_COLUMNS} FROM sensors s WHERE s.id = %s", (sensor,)
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise not_found(f"sensor {sensor!r}")
-    tz = await _timezone(s.conn, row["building_id"])
-    series = await _series(s.conn, [row], step=chosen, start=first, end=last, tz=tz)
-    history = History(
-        building=row["building_id"],
-        metric=row["kind"],
-        unit=UNITS[row["kind"]],
-        step=chosen,
-        start=first,
-        end=last,
-        series=[],
-    )
-    return _history_response(history, series)
+
+    async def make() -> Response:
+        async with open_scope(pool, who) as s:
+            cur = await s.conn.execute(
+                f"SELECT {_SENSOR_COLUMNS} FROM sensors s WHERE s.id = %s", (sensor,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise not_found(f"sensor {sensor!r}")
+            tz = await _timezone(s.conn, row["building_id"])
+            series = await _series(s.conn, [row], step=chosen, start=first, end=last, tz=tz)
+        history = History(
+            building=row["building_id"],
+            metric=row["kind"],
+            unit=UNITS[row["kind"]],
+            step=chosen,
+            start=first,
+            end=last,
+            series=[],
+        )
+        return _history_response(history, series)
+
+    return await cached(request, who, make)

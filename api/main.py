@@ -6,29 +6,49 @@ import argparse
 import logging
 
 import uvicorn
+from fastapi import FastAPI
 
 from api.app import create_app
 from api.settings import ApiSettings
+
+
+def app_factory() -> FastAPI:
+    """The application of one worker process, built from the environment."""
+    return create_app(ApiSettings())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="upstairs api", description="Run the HTTP API.")
     parser.add_argument("--host", help="listen address (UPSTAIRS_API_HOST)")
     parser.add_argument("--port", type=int, help="listen port (UPSTAIRS_API_PORT)")
+    parser.add_argument("--workers", type=int, help="worker processes (UPSTAIRS_API_WORKERS)")
     args = parser.parse_args(argv)
     settings = ApiSettings()
     if args.host:
         settings.api_host = args.host
     if args.port is not None:
         settings.api_port = args.port
+    workers = args.workers or settings.api_workers
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level="info",
-        access_log=False,
-    )
+    # loop/http "auto": uvloop and httptools (dependencies) when importable.
+    if workers > 1:  # each worker builds its app from the same environment
+        uvicorn.run(
+            "api.main:app_factory",
+            factory=True,
+            workers=workers,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="info",
+            access_log=False,
+        )
+    else:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="info",
+            access_log=False,
+        )
     return 0

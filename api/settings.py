@@ -14,6 +14,9 @@ API_ROLE = "upstairs_api"
 class ApiSettings(DatabaseSettings, MqttSettings):
     api_host: str = Field(default="127.0.0.1", description="address to listen on")
     api_port: int = Field(default=8000, ge=0, le=65535)
+    api_workers: int = Field(
+        default=1, ge=1, le=64, description="uvicorn worker processes (each has its own pool)"
+    )
     api_pool_min: int = Field(default=2, ge=1)
     api_pool_max: int = Field(default=8, ge=1)
     api_database_url: str | None = Field(
@@ -24,6 +27,20 @@ class ApiSettings(DatabaseSettings, MqttSettings):
     api_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     api_secure_cookies: bool = Field(
         default=False, description="mark the session cookie Secure (set it behind HTTPS)"
+    )
+    api_auth_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="remember an authenticated bearer token this long (a revocation takes"
+        " effect within it); 0 = look every token up",
+    )
+    api_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="serve the same read to the same principal class from memory this long"
+        " (live floors, history, tenant power and bills); 0 = off",
     )
     api_command_timeout_s: float = Field(
         default=3.0, gt=0, le=60, description="how long to wait for the alert engine"

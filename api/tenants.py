@@ -19,16 +19,18 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import Field
 
-from api.auth import Scope, ScopeDep
+from api.auth import Principal, PrincipalDep, Scope, open_scope
 from api.common import (
     ID_PATTERN,
     _Strict,
     bad_query,
+    cached,
     forbid_unknown_query,
     json_response,
     not_found,
     responses,
 )
+from api.db import PoolDep
 from api.series import From, Step, StepQuery, To, bin_params, bin_sql, choose_step, source
 from api.series import time_range as _range
 from core.billing import bin_minutes, compute_bill, month_bounds
@@ -61,12 +63,17 @@ SELECT s.id, s.kind, l.valid_from::timestamp AT TIME ZONE bl.timezone,
 """
 
 
+def check_tenant(p: Principal, tenant: str, building: str | None) -> None:
+    """A tenant may ask only about itself (404 otherwise, as for an id that does not exist)."""
+    if not p.is_operator and (tenant != p.tenant_id or building not in (None, p.building_id)):
+        raise not_found(f"tenant {tenant!r}")
+
+
 async def resolve_tenant(s: Scope, tenant: str, building: str | None) -> dict[str, Any]:
     """The tenant row (with the building's timezone); 404 when absent or not the caller's."""
     p = s.principal
+    check_tenant(p, tenant, building)
     if not p.is_operator:
-        if tenant != p.tenant_id or building not in (None, p.building_id):
-            raise not_found(f"tenant {tenant!r}")
         building = p.building_id
     cur = await s.conn.execute(
         "SELECT t.building_id, t.id, t.name, t.contracted_kw, t.tariff_id, b.timezone"
@@ -101,7 +108,9 @@ class PowerSeries(_Strict):
     summary="A tenant's kW and kWh per step",
 )
 async def tenant_power(
-    s: ScopeDep,
+    request: Request,
+    who: PrincipalDep,
+    pool: PoolDep,
     tenant: TenantPath,
     *,
     building: BuildingQuery = None,
@@ -110,15 +119,35 @@ async def tenant_power(
     step: StepQuery = None,
     format: Format = "json",
 ) -> Response:
-    row = await resolve_tenant(s, tenant, building)
+    check_tenant(who, tenant, building)
     first, last = _range(start, end, timedelta(days=30))
     chosen = choose_step(step, first, last)
     if chosen is Step.RAW:
         chosen = Step.M1
         choose_step(chosen, first, last)
+
+    async def make() -> Response:
+        async with open_scope(pool, who) as s:
+            series = await _power(s, tenant, building, chosen, first, last)
+        if format == "csv":
+            lines = [("start", "power_kw", "energy_kwh")]
+            lines += [
+                (t.isoformat(), _cell(kw), _cell(kwh))
+                for t, kw, kwh in zip(series.t, series.power_kw, series.energy_kwh, strict=True)
+            ]
+            return _csv(lines, f"{tenant}-power.csv")
+        return json_response(series)
+
+    return await cached(request, who, make)
+
+
+async def _power(
+    s: Scope, tenant: str, building: str | None, step: Step, first: datetime, last: datetime
+) -> PowerSeries:
+    row = await resolve_tenant(s, tenant, building)
     tz = ZoneInfo(row["timezone"])
-    table, column = source(chosen)
-    bin_expr = bin_sql(chosen, f"r.{column}")
+    table, column = source(step)
+    bin_expr = bin_sql(step, f"r.{column}")
     query = (
         f"WITH m AS ({METERS_SQL}),"
         f" per_meter AS (SELECT {bin_expr} AS bin, m.id, m.kind,"
@@ -132,15 +161,15 @@ async def tenant_power(
         "   FROM per_meter GROUP BY bin ORDER BY bin"
     )
     params = {"b": row["building_id"], "t": tenant, "start": first, "end": last}
-    params.update(bin_params(chosen, tz))
+    params.update(bin_params(step, tz))
     cur = await s.conn.execute(query, params)
     bins = await cur.fetchall()
     cur = await s.conn.execute(f"SELECT DISTINCT id FROM ({METERS_SQL}) m ORDER BY id", params)
     meters = [r["id"] for r in await cur.fetchall()]
-    series = PowerSeries(
+    return PowerSeries(
         building=row["building_id"],
         tenant=tenant,
-        step=chosen,
+        step=step,
         start=first,
         end=last,
         meters=meters,
@@ -148,14 +177,6 @@ async def tenant_power(
         power_kw=[None if b["kw"] is None else round(b["kw"], 3) for b in bins],
         energy_kwh=[None if b["kwh"] is None else round(b["kwh"], 4) for b in bins],
     )
-    if format == "csv":
-        lines = [("start", "power_kw", "energy_kwh")]
-        lines += [
-            (t.isoformat(), _cell(kw), _cell(kwh))
-            for t, kw, kwh in zip(series.t, series.power_kw, series.energy_kwh, strict=True)
-        ]
-        return _csv(lines, f"{tenant}-power.csv")
-    return json_response(series)
 
 
 class BillPeriod(_Strict):
@@ -234,13 +255,40 @@ def bill_cache(request: Request) -> OrderedDict[tuple[Any, ...], Bill]:
 )
 async def tenant_bill(
     request: Request,
-    s: ScopeDep,
+    who: PrincipalDep,
+    pool: PoolDep,
     tenant: TenantPath,
     month: Annotated[str, Query(pattern=r"^(19[7-9][0-9]|2[01][0-9][0-9])-(0[1-9]|1[0-2])$")],
     *,
     building: BuildingQuery = None,
     format: Format = "json",
 ) -> Response:
+    check_tenant(who, tenant, building)
+
+    async def make() -> Response:
+        async with open_scope(pool, who) as s:
+            bill = await _bill(request, s, tenant, building, month)
+        if format == "csv":
+            lines = [("period", "price_per_kwh", "kwh", "cost", "currency")]
+            lines += [
+                (p.name, _cell(p.price_per_kwh), _cell(p.kwh), _cell(p.cost), bill.currency)
+                for p in bill.periods
+            ]
+            lines.append(
+                ("total", "", _cell(bill.total_kwh), _cell(bill.total_cost), bill.currency)
+            )
+            lines.append(("peak_demand_kw", "", _cell(bill.peak_demand_kw), "", ""))
+            lines.append(
+                ("contract_utilisation_pct", "", _cell(bill.contract_utilisation_pct), "", "")
+            )
+            return _csv(lines, f"{tenant}-bill-{month}.csv")
+        return json_response(bill)
+
+    return await cached(request, who, make)
+
+
+async def _bill(request: Request, s: Scope, tenant: str, building: str | None, month: str) -> Bill:
+    """The month's bill: from the per-process bill cache while its data stamp is unchanged."""
     row = await resolve_tenant(s, tenant, building)
     tz = ZoneInfo(row["timezone"])
     year, mon = int(month[:4]), int(month[5:])
@@ -267,17 +315,7 @@ async def tenant_bill(
             cache.popitem(last=False)
     else:
         cache.move_to_end(key)
-    if format == "csv":
-        lines = [("period", "price_per_kwh", "kwh", "cost", "currency")]
-        lines += [
-            (p.name, _cell(p.price_per_kwh), _cell(p.kwh), _cell(p.cost), bill.currency)
-            for p in bill.periods
-        ]
-        lines.append(("total", "", _cell(bill.total_kwh), _cell(bill.total_cost), bill.currency))
-        lines.append(("peak_demand_kw", "", _cell(bill.peak_demand_kw), "", ""))
-        lines.append(("contract_utilisation_pct", "", _cell(bill.contract_utilisation_pct), "", ""))
-        return _csv(lines, f"{tenant}-bill-{month}.csv")
-    return json_response(bill)
+    return bill
 
 
 async def _compute(

@@ -204,7 +204,12 @@ def _ago(minutes: int) -> str:
     return (datetime.now(UTC) - timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
 
 
-def test_interleaved_requests_over_two_connections(db_url: str) -> None:
+@pytest.mark.parametrize(
+    "caches",
+    [{"api_cache_s": 0, "api_auth_cache_s": 0}, {}],
+    ids=["every-request-in-the-database", "with-the-caches"],
+)
+def test_interleaved_requests_over_two_connections(db_url: str, caches: dict[str, float]) -> None:
     seed(db_url)
     secrets = {t: token(db_url, "tenant", t, "iso") for t in ("a", "b")}
     paths = [
@@ -221,7 +226,10 @@ def test_interleaved_requests_over_two_connections(db_url: str) -> None:
         assert r.status_code == 200, r.text
         return t, r.text
 
-    with client(db_url, api_pool_min=1, api_pool_max=2) as c, ThreadPoolExecutor(8) as pool:
+    with (
+        client(db_url, None, "", api_pool_min=1, api_pool_max=2, **caches) as c,
+        ThreadPoolExecutor(8) as pool,
+    ):
         results = list(pool.map(call, range(1000)))
     for t, text in results:
         other = "b" if t == "a" else "a"
