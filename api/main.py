@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import uvicorn
 from fastapi import FastAPI
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.port is not None:
         settings.api_port = args.port
     workers = args.workers or settings.api_workers
+    if not (settings.database_url or settings.api_database_url):
+        print(
+            "upstairs api: UPSTAIRS_DATABASE_URL (or UPSTAIRS_API_DATABASE_URL) must be set",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
