@@ -24,7 +24,8 @@ const CHARTS = (() => {
       width: width(el), height: opts.height || 220, series: uSeries,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), UP.tz),
       axes: [{}, { label: unit, size: 60 }],
-      scales: { x: { time: true }, y: opts.yMin === 0 ? { range: (u, lo, hi) => [0, hi * 1.1 || 1] } : {} },
+      /* a fixed window (opts.from/opts.to, ISO) keeps a short series from stretching the axis */
+      scales: { x: opts.from ? { time: true, range: () => [Date.parse(opts.from) / 1000, Date.parse(opts.to || new Date().toISOString()) / 1000] } : { time: true }, y: opts.yMin === 0 ? { range: (u, lo, hi) => [0, hi * 1.1 || 1] } : {} },
       legend: { live: true },
     }, data, el);
   }

@@ -13,7 +13,7 @@
       const series = h.series.map((s) => ({
         label: s.zone || s.sensor, t: s.t, v: metric === "load" ? s.max : s.avg,
       }));
-      CHARTS.lines(el, series, el.dataset.unit, { yMin: 0 });
+      CHARTS.lines(el, series, el.dataset.unit, { yMin: 0, from: from.toISOString(), to: to.toISOString() });
     } catch (e) {
       el.textContent = `Could not load the chart: ${e.message}`;
     }

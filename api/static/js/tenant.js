@@ -7,7 +7,7 @@
   const chartEl = document.getElementById("chart-daily");
   const daily = UP.getJSON(`${base}/power?building=${q(info.building)}&step=1d&from=${q(chartEl.dataset.from)}`)
     .then((p) => {
-      CHARTS.lines(chartEl, [{ label: "kWh per day", t: p.t, v: p.energy_kwh }], "kWh", { bars: true, yMin: 0, height: 240 });
+      CHARTS.lines(chartEl, [{ label: "kWh per day", t: p.t, v: p.energy_kwh }], "kWh", { bars: true, yMin: 0, height: 240, from: chartEl.dataset.from, to: new Date(Date.now() + 86400e3).toISOString() });
       const total = p.energy_kwh.reduce((a, b) => a + (b || 0), 0);
       document.getElementById("daily-note").textContent = `${UP.num(total, 0, "kWh")} in ${p.t.length} days with data.`;
     })
