@@ -117,6 +117,9 @@ class Report:
     lost: int
     duplicated: int
     rollups_consistent: bool
+    rollup_lag_s: float  # after the last commit, until the rollups held every reading
+    ingesters: int  # processes sharing the stream ($share/bench/...); rss_mb is the largest
+    window_messages: int
 
 
 def _register(url: str, plan: Plan) -> None:
@@ -190,14 +193,18 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _start_ingester(db_url: str, mqtt_url: str, prefix: str, port: int) -> subprocess.Popen[bytes]:
+def _start_ingester(
+    db_url: str, mqtt_url: str, prefix: str, port: int, index: int, shared: bool
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
+    if shared:  # several ingesters split the stream through a shared subscription
+        env["UPSTAIRS_INGEST_SHARED_GROUP"] = "bench"
     env.update(
         UPSTAIRS_DATABASE_URL=db_url,
         UPSTAIRS_MQTT_URL=mqtt_url,
         UPSTAIRS_TOPIC_PREFIX=prefix,
         UPSTAIRS_INGEST_METRICS_PORT=str(port),
-        UPSTAIRS_INGEST_CLIENT_ID=f"bench-{prefix.strip('/')}",
+        UPSTAIRS_INGEST_CLIENT_ID=f"bench-{prefix.strip('/')}-{index}",
         UPSTAIRS_INGEST_SESSION_EXPIRY_S="120",
     )
     level = os.environ.get("UPSTAIRS_BENCH_INGEST_LOG", "WARNING")
@@ -207,7 +214,31 @@ def _start_ingester(db_url: str, mqtt_url: str, prefix: str, port: int) -> subpr
     return subprocess.Popen([sys.executable, "-c", code], env=env)
 
 
-def run(db: str, mqtt_url: str, readings: int, batch: int, publishers: int, sensors: int) -> Report:
+def _wait_rollups(url: str, timeout: float) -> float:
+    """Seconds until no rollup mark is left and the minute rollups count every reading."""
+    began = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.perf_counter() - began < timeout:
+            row = conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM rollup_pending) AND (SELECT count(*) FROM"
+                " readings) = (SELECT coalesce(sum(count), 0) FROM rollups_1m)"
+            ).fetchone()
+            if row is not None and row[0]:
+                break
+            time.sleep(0.05)
+    return time.perf_counter() - began
+
+
+def run(
+    db: str,
+    mqtt_url: str,
+    readings: int,
+    batch: int,
+    publishers: int,
+    sensors: int,
+    window: int = WINDOW_MESSAGES,
+    ingesters: int = 1,
+) -> Report:
     tag = secrets.token_hex(4)
     prefix = f"bench-{tag}/"
     schema, ceiling_schema = f"bench_{tag}", f"bench_{tag}_ceiling"
@@ -217,7 +248,7 @@ def run(db: str, mqtt_url: str, readings: int, batch: int, publishers: int, sens
         conn.execute(f"CREATE SCHEMA {schema}")
         conn.execute(f"CREATE SCHEMA {ceiling_schema}")
     url, ceiling_url = with_search_path(db, schema), with_search_path(db, ceiling_schema)
-    ingester: subprocess.Popen[bytes] | None = None
+    procs_in: list[subprocess.Popen[bytes]] = []
     try:
         migrate(url)
         migrate(ceiling_url)
@@ -230,22 +261,25 @@ def run(db: str, mqtt_url: str, readings: int, batch: int, publishers: int, sens
         sample = plan.messages([0])[: max(1, min(20_000, readings // batch // FLOORS))]
         logger.info("measuring the broker (%d messages)", len(sample))
         broker = broker_rate(address, f"{prefix}probe/", sample)
-        port = _free_port()
-        ingester = _start_ingester(url, mqtt_url, prefix, port)
+        ports = [_free_port() for _ in range(ingesters)]
+        procs_in = [
+            _start_ingester(url, mqtt_url, prefix, p, i, ingesters > 1) for i, p in enumerate(ports)
+        ]
         deadline = time.monotonic() + 60
-        while _metric(port, "upstairs_ingest_broker_connected") != 1.0:
-            if time.monotonic() > deadline or ingester.poll() is not None:
-                raise RuntimeError("the ingester did not come up")
-            time.sleep(0.1)
+        for port, ingester in zip(ports, procs_in, strict=True):
+            while _metric(port, "upstairs_ingest_broker_connected") != 1.0:
+                if time.monotonic() > deadline or ingester.poll() is not None:
+                    raise RuntimeError("the ingester did not come up")
+                time.sleep(0.1)
         floors = [[f for f in range(FLOORS) if f % publishers == p] for p in range(publishers)]
         ctx = mp.get_context("spawn")
         ready, go = ctx.Barrier(publishers + 1), ctx.Event()
         # Closed loop: publishers stay at most WINDOW messages ahead of what is committed, so
         # the broker's per-client queue (Mosquitto: max_queued_messages, 1000 by default)
         # never overflows and drops; the rate measured is what the ingester sustains.
-        allowed = ctx.Value("q", WINDOW_MESSAGES * batch, lock=False)
+        allowed = ctx.Value("q", window * batch, lock=False)
         procs = [
-            ctx.Process(target=_publisher, args=(address, plan, fl, ready, go, allowed, publishers))
+            ctx.Process(target=_publisher, args=(address, plan, fl, ready, go, allowed))
             for fl in floors
         ]
         for proc in procs:
@@ -257,20 +291,23 @@ def run(db: str, mqtt_url: str, readings: int, batch: int, publishers: int, sens
         last_progress, last_stored = time.monotonic(), -1.0
         while stored < readings:
             time.sleep(0.05)
-            stored = _metric(port, "upstairs_ingest_readings_stored_total") or 0.0
-            allowed.value = int(stored) + WINDOW_MESSAGES * batch
+            stored = sum(_metric(p, "upstairs_ingest_readings_stored_total") or 0.0 for p in ports)
+            allowed.value = int(stored) + window * batch
             if stored != last_stored:
                 last_progress, last_stored = time.monotonic(), stored
             elif time.monotonic() - last_progress > 60:
                 logger.error("no progress for 60 s at %d of %d readings", stored, readings)
                 break
         seconds = time.perf_counter() - started
-        rss = _peak_rss_mb(ingester.pid)
+        rollup_lag = _wait_rollups(url, timeout=120)
+        rss = max(_peak_rss_mb(i.pid) for i in procs_in)
         for proc in procs:
             proc.join(timeout=60)
-        ingester.send_signal(signal.SIGTERM)
-        ingester.wait(timeout=60)
-        ingester = None
+        for ingester in procs_in:
+            ingester.send_signal(signal.SIGTERM)
+        for ingester in procs_in:
+            ingester.wait(timeout=60)
+        procs_in = []
         with psycopg.connect(url) as conn:
             row = conn.execute(
                 "SELECT count(*), count(DISTINCT (sensor_id, ts)),"
@@ -294,9 +331,12 @@ def run(db: str, mqtt_url: str, readings: int, batch: int, publishers: int, sens
             lost=readings - distinct,
             duplicated=total - distinct,
             rollups_consistent=in_1m == total and in_1h == total,
+            rollup_lag_s=round(rollup_lag, 2),
+            ingesters=ingesters,
+            window_messages=window,
         )
     finally:
-        if ingester is not None:
+        for ingester in procs_in:
             ingester.kill()
             ingester.wait()
         with psycopg.connect(db, autocommit=True) as conn:
@@ -305,13 +345,15 @@ def run(db: str, mqtt_url: str, readings: int, batch: int, publishers: int, sens
 
 
 def _publisher(address: MqttAddress, plan: Plan, floors: list[int], ready: Any, go: Any,
-               allowed: Any, publishers: int) -> None:  # fmt: skip
+               allowed: Any) -> None:  # fmt: skip
     messages = plan.messages(floors)
+    share = len(floors) / FLOORS  # floors carry equal numbers of readings (within one)
     ready.wait()
     go.wait()
 
     def may_send(sent_readings: int) -> bool:
-        return bool(sent_readings * publishers < allowed.value)
+        # this publisher's share of the window (publishers may hold unequal floor counts)
+        return bool(sent_readings < allowed.value * share + plan.batch)
 
     publish_messages(address, messages, may_send)
 
@@ -322,6 +364,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=100, help="readings per MQTT message")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--sensors", type=int, default=1000, help="sensors (10 floors)")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=WINDOW_MESSAGES,
+        help="messages publishers may run ahead of the commits (raise it only on a broker"
+        " whose per-client queue holds that many: Mosquitto's max_queued_messages)",
+    )
+    parser.add_argument(
+        "--ingesters", type=int, default=1, help="ingester processes on a shared subscription"
+    )
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -331,7 +383,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.sensors < FLOORS or args.readings < 1 or args.batch < 1:
         parser.error("need at least 10 sensors, 1 reading and 1 reading per message")
-    report = run(db, mqtt, args.readings, args.batch, args.publishers, args.sensors)
+    report = run(
+        db,
+        mqtt,
+        args.readings,
+        args.batch,
+        args.publishers,
+        args.sensors,
+        args.window,
+        args.ingesters,
+    )
     for key, value in asdict(report).items():
         print(f"{key:>24}: {value}")
     if args.json:

@@ -28,7 +28,7 @@ def publish_messages(
 
     ``may_send(readings_sent_so_far)`` paces the publisher (closed loop) when given.
     """
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     if address.username:
         client.username_pw_set(address.username, address.password)
     client.max_inflight_messages_set(INFLIGHT)

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 
 from core.payload import Reason
+from ingest.validate import StoreReason
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ class IngestMetrics:
         self.dead = Counter(
             "upstairs_ingest_dead_letters", "dead-letter rows by reason", ["reason"], registry=r
         )
-        for reason in Reason:
-            self.dead.labels(reason.value)
+        for reason in (*Reason, StoreReason.REJECTED):
+            self.dead.labels(str(reason))
         self.batches = Counter(
             "upstairs_ingest_batches", "committed batches by path", ["path"], registry=r
         )
@@ -68,6 +69,23 @@ class IngestMetrics:
         )
         self.registry_sensors = Gauge(
             "upstairs_ingest_registry_sensors", "sensors in the loaded registry", registry=r
+        )
+
+        self.rollup_partials = Counter(
+            "upstairs_ingest_rollup_partials",
+            "pending partials merged by the refresher",
+            registry=r,
+        )
+        self.rollup_seconds = Histogram(
+            "upstairs_ingest_rollup_refresh_seconds",
+            "time of one rollup refresh transaction",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.rollup_refreshed = Gauge(
+            "upstairs_ingest_rollup_refreshed_timestamp_seconds",
+            "unix time of the last successful rollup refresh",
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -6,9 +6,9 @@ it restarts near zero, and the reading itself is the consumption since the reset
 more than the reset threshold is refused (``register_backwards``).
 
 Most readings arrive in time order: they come after the register's newest stored reading
-(``sensor_latest``), so the check and the kWh need nothing but that value. A late reading
-(older than the newest) is checked against its stored neighbours instead, and its bucket's
-kWh is recomputed from raw rows by the database (``refresh_energy_rollups``).
+(``sensor_latest``), so the check needs nothing but that value. A late reading (older than
+the newest) is checked against its stored neighbours instead. The kWh per bucket is worked
+out later, from the stored readings, by the rollup refresh (``refresh_rollups``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from core.ranges import consumption, register_step_ok
+from core.ranges import register_step_ok
 from ingest.validate import Good
 
 Key = tuple[str, datetime]
@@ -35,7 +35,6 @@ class Neighbours:
 @dataclass(slots=True)
 class RegisterVerdict:
     refused: list[Good] = field(default_factory=list)
-    kwh: dict[Key, float] = field(default_factory=dict)  # in-order readings: kWh they add
     late: list[Good] = field(default_factory=list)  # accepted, older than the newest stored
 
 
@@ -87,7 +86,6 @@ def judge(
             if prev is not None and not register_step_ok(prev, g.value, threshold):
                 verdict.refused.append(g)
                 continue
-            verdict.kwh[(g.sensor, g.ts)] = consumption(prev, g.value)
             prev = g.value
     return verdict
 

@@ -1,121 +1,96 @@
-"""Partial aggregates of a batch's newly stored readings, per sensor and bucket.
+"""Keeps ``rollups_1m`` / ``rollups_1h`` current, off the ingest hot path.
 
-The database merges them into ``rollups_1m`` / ``rollups_1h`` (``merge_rollups`` in migration
-0002). Every column merges exactly, so a bucket's row equals an aggregate over all its raw
-readings no matter in which order or in how many batches they arrived. Buckets are UTC.
+Each ingest transaction stores its readings and, in ``rollup_pending``, their partial
+aggregates per (sensor, UTC minute). Every ``rollup_interval_s`` the refresher has the database
+merge the pending partials into the rollups and delete them, in one transaction
+(``refresh_rollups`` in migration 0002): counts and sums add, min/max and last merge, so every
+reading counts once whatever the commit order; energy kWh is recomputed from raw readings for
+the touched minutes (it needs the reading before each bucket). Like a TimescaleDB continuous
+aggregate with a refresh policy: rollups trail the raw readings by about one interval, late
+readings included. A crash loses nothing (the partials are deleted by the same transaction
+that merges them); with several ingesters, one refresher at a time works (an advisory lock).
+
+Runs as a task of the ingester, or on its own: ``python -m ingest.refresh``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+import asyncio
+import contextlib
+import logging
+import random
+import time
+
+import psycopg
+
+from ingest.metrics import IngestMetrics
+from ingest.settings import IngestSettings
+
+logger = logging.getLogger(__name__)
+
+REFRESH = b"SELECT refresh_rollups(%s)"
 
 
-@dataclass(slots=True)
-class Partial:
-    count: int
-    sum: float
-    min: float
-    max: float
-    last_ts: datetime
-    last_value: float
-    energy: float | None = None
-
-    def add(self, ts: datetime, value: float, kwh: float | None) -> None:
-        self.count += 1
-        self.sum += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
-        if ts > self.last_ts:
-            self.last_ts = ts
-            self.last_value = value
-        if kwh is not None:
-            self.energy = kwh if self.energy is None else self.energy + kwh
-
-    def merge(self, other: Partial) -> None:
-        self.count += other.count
-        self.sum += other.sum
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
-        if other.last_ts > self.last_ts:
-            self.last_ts = other.last_ts
-            self.last_value = other.last_value
-        if other.energy is not None:
-            self.energy = other.energy if self.energy is None else self.energy + other.energy
+async def refresh_once(conn: psycopg.AsyncConnection[tuple[object, ...]], max_rows: int) -> int:
+    """One refresh transaction; the partials merged (-1: another refresher was busy)."""
+    cursor = await conn.execute(REFRESH, (max_rows,))
+    row = await cursor.fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0  # type: ignore[call-overload]
 
 
-Key = tuple[str, datetime]
+class RollupRefresher:
+    """The refresh loop over a connection of its own; reconnects with jittered backoff."""
+
+    def __init__(self, settings: IngestSettings, metrics: IngestMetrics) -> None:
+        assert settings.db.database_url is not None
+        self._url = settings.db.database_url
+        self._interval = settings.rollup_interval_s
+        self._max_rows = settings.rollup_max_pending
+        self._backoff_max = settings.db_backoff_max_s
+        self._metrics = metrics
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        failures = 0
+        try:
+            while not stop.is_set():
+                consumed = 0
+                try:
+                    if conn is None or conn.closed:
+                        conn = await psycopg.AsyncConnection.connect(
+                            self._url, autocommit=True, connect_timeout=5
+                        )
+                    started = time.perf_counter()
+                    consumed = await refresh_once(conn, self._max_rows)
+                    if consumed > 0:
+                        self._metrics.rollup_partials.inc(consumed)
+                        self._metrics.rollup_seconds.observe(time.perf_counter() - started)
+                    self._metrics.rollup_refreshed.set_to_current_time()
+                    failures = 0
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    failures += 1
+                    logger.warning("rollup refresh: database unavailable (%s)", exc)
+                    await _close(conn)
+                    conn = None
+                except psycopg.Error:
+                    failures += 1
+                    logger.exception("rollup refresh failed; retrying")
+                if consumed >= self._max_rows:
+                    continue  # a backlog: keep going
+                delay = self._interval
+                if failures:
+                    delay = min(self._backoff_max, 0.2 * 2 ** min(failures, 10))
+                    delay *= random.uniform(0.5, 1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            await _close(conn)
 
 
-def minute_partials(
-    rows: Iterable[tuple[str, datetime, float]], kwh: Mapping[Key, float] | None = None
-) -> dict[Key, Partial]:
-    """Per (sensor, UTC minute) partial aggregates of ``rows`` (timestamps in UTC).
-
-    ``kwh`` maps (sensor, ts) of energy readings taken in time order to the kWh they add.
-    This is the hottest loop of the ingester: plain lists while accumulating.
-    """
-    acc: dict[Key, list[Any]] = {}
-    minute_of: dict[datetime, datetime] = {}
-    for sensor, ts, value in rows:
-        bucket = minute_of.get(ts)
-        if bucket is None:
-            bucket = minute_of[ts] = ts.replace(second=0, microsecond=0)
-        key = (sensor, bucket)
-        energy = kwh.get((sensor, ts)) if kwh else None
-        part = acc.get(key)
-        if part is None:
-            acc[key] = [1, value, value, value, ts, value, energy]
-            continue
-        part[0] += 1
-        part[1] += value
-        if value < part[2]:
-            part[2] = value
-        elif value > part[3]:
-            part[3] = value
-        if ts > part[4]:
-            part[4] = ts
-            part[5] = value
-        if energy is not None:
-            part[6] = energy if part[6] is None else part[6] + energy
-    return {key: Partial(*part) for key, part in acc.items()}
-
-
-def hour_partials(minutes: dict[Key, Partial]) -> dict[Key, Partial]:
-    """Roll minute partials up to (sensor, UTC hour)."""
-    out: dict[Key, Partial] = {}
-    for (sensor, bucket), part in minutes.items():
-        key = (sensor, bucket.replace(minute=0))
-        have = out.get(key)
-        if have is None:
-            out[key] = Partial(
-                part.count,
-                part.sum,
-                part.min,
-                part.max,
-                part.last_ts,
-                part.last_value,
-                part.energy,
-            )
-        else:
-            have.merge(part)
-    return out
-
-
-def as_arrays(partials: dict[Key, Partial]) -> tuple[list[object], ...]:
-    """Column arrays for ``merge_rollups``, sorted by key (a fixed lock order)."""
-    keys = sorted(partials)
-    parts = [partials[k] for k in keys]
-    return (
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [p.count for p in parts],
-        [p.sum for p in parts],
-        [p.min for p in parts],
-        [p.max for p in parts],
-        [p.last_ts for p in parts],
-        [p.last_value for p in parts],
-        [p.energy for p in parts],
-    )
+async def _close(
+    conn: psycopg.AsyncConnection[tuple[object, ...]] | None,
+) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.close()

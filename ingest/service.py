@@ -24,14 +24,17 @@ from typing import Any
 import psycopg
 
 from core.db import migrate
+from core.payload import Reason
 from core.registry import Registry, load_registry_async
 from core.settings import SettingsError, parse_mqtt_url
 from ingest.intake import Intake, Pending
 from ingest.metrics import IngestMetrics, serve_metrics
 from ingest.mqtt import Subscriber, telemetry_filter
+from ingest.poison import REFUSED_DATA, bisect_readings
+from ingest.rollups import RollupRefresher
 from ingest.settings import IngestSettings
-from ingest.store import AsyncConn, Store
-from ingest.validate import Limits, check_readings, parse_message, unknown_sensors
+from ingest.store import AsyncConn, Store, WriteOutcome
+from ingest.validate import Checked, Limits, check_readings, parse_message
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +79,9 @@ class Writer:
         while True:
             try:
                 store = await self._connected()
-                await self._refresh_registry(batch)
-                messages = [p.parsed for p in batch]
-                good, dead = check_readings(
-                    messages, self._registry, datetime.now(UTC), self._limits
-                )
+                checked = await self._checked(batch)
                 started = time.perf_counter()
-                outcome = await store.write(good, dead)
+                outcomes = await self._isolate(store, batch, checked)
                 elapsed = time.perf_counter() - started
                 break
             except asyncio.CancelledError:
@@ -97,28 +96,53 @@ class Writer:
                 await self._disconnect()
             except psycopg.Error:
                 failures += 1
-                self._metrics.db_errors.inc()
                 logger.exception("batch of %d messages failed; retrying", len(batch))
-            delay = min(self._settings.backoff_max_s, 0.05 * 2 ** min(failures, 10))
+            delay = min(self._settings.db_backoff_max_s, 0.05 * 2 ** min(failures, 10))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         for pending in batch:
             if not pending.done.done():
                 pending.done.set_result(True)
         m = self._metrics
-        m.stored.inc(outcome.stored)
-        m.duplicates.inc(outcome.duplicates)
-        for letter in outcome.dead:
-            m.dead.labels(letter.reason.value).inc()
-        m.batches.labels("dedup" if outcome.slow_path else "copy").inc()
-        m.batch_rows.observe(outcome.stored)
+        for outcome in outcomes:
+            m.stored.inc(outcome.stored)
+            m.duplicates.inc(outcome.duplicates)
+            for letter in outcome.dead:
+                m.dead.labels(str(letter.reason)).inc()
+            m.batches.labels("dedup" if outcome.slow_path else "copy").inc()
+            m.batch_rows.observe(outcome.stored)
+            if outcome.dead:
+                logger.info(
+                    "batch: %d stored, %d dead letters (%s)",
+                    outcome.stored,
+                    len(outcome.dead),
+                    ", ".join(sorted({str(d.reason) for d in outcome.dead})),
+                )
         m.commit_seconds.observe(elapsed)
-        if outcome.dead:
-            logger.info(
-                "batch: %d stored, %d dead letters (%s)",
-                outcome.stored,
-                len(outcome.dead),
-                ", ".join(sorted({d.reason.value for d in outcome.dead})),
-            )
+
+    def _check(self, batch: list[Pending]) -> Checked:
+        return check_readings(
+            [p.parsed for p in batch], self._registry, datetime.now(UTC), self._limits
+        )
+
+    async def _isolate(
+        self, store: Store, batch: list[Pending], checked: Checked | None = None
+    ) -> list[WriteOutcome]:
+        """Write the batch; when the database refuses its data (a data or integrity error),
+        write halves of it until each refused reading stands alone, and dead-letter those.
+        Other errors (connection, a missing table, privileges) are not the data's fault:
+        the caller keeps the batch and retries it, so a broken schema stalls intake loudly
+        instead of dead-lettering every reading."""
+        try:
+            return [await store.write(checked or self._check(batch))]
+        except REFUSED_DATA as exc:  # the data's fault; anything else is retried as a whole
+            self._metrics.db_errors.inc()
+            if len(batch) > 1:
+                logger.warning("batch of %d messages refused (%s); splitting", len(batch), exc)
+                mid = len(batch) // 2
+                return await self._isolate(store, batch[:mid]) + await self._isolate(
+                    store, batch[mid:]
+                )
+            return await bisect_readings(store, self._check(batch), batch[0].parsed, exc)
 
     async def _connected(self) -> Store:
         if self._store is None or self._conn is None or self._conn.closed:
@@ -137,18 +161,27 @@ class Writer:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    async def _refresh_registry(self, batch: list[Pending]) -> None:
-        now = time.monotonic()
-        age = now - self._loaded_at
-        stale = age >= self._settings.registry_refresh_s
-        if not stale and age >= self._settings.registry_min_reload_s:
-            stale = unknown_sensors([p.parsed for p in batch], self._registry)
-        if stale:
-            assert self._conn is not None
-            self._registry = await load_registry_async(self._conn)
-            self._loaded_at = now
-            self._metrics.registry_reloads.inc()
-            self._metrics.registry_sensors.set(len(self._registry))
+    async def _checked(self, batch: list[Pending]) -> Checked:
+        """The batch checked against the registry: reloaded when older than
+        ``registry_refresh_s``, or when it misses a sensor the batch names (at most once
+        per ``registry_min_reload_s``), so a newly applied building is picked up."""
+        age = time.monotonic() - self._loaded_at
+        if age >= self._settings.registry_refresh_s:
+            await self._load_registry()
+        checked = self._check(batch)
+        if time.monotonic() - self._loaded_at >= self._settings.registry_min_reload_s and any(
+            d.reason is Reason.UNKNOWN_SENSOR for d in checked.dead
+        ):
+            await self._load_registry()
+            checked = self._check(batch)
+        return checked
+
+    async def _load_registry(self) -> None:
+        assert self._conn is not None
+        self._registry = await load_registry_async(self._conn)
+        self._loaded_at = time.monotonic()
+        self._metrics.registry_reloads.inc()
+        self._metrics.registry_sensors.set(len(self._registry))
 
 
 async def run_ingester(
@@ -196,6 +229,10 @@ async def run_ingester(
             writer_tasks = [
                 group.create_task(w.run(), name=f"ingest-writer-{i}") for i, w in enumerate(writers)
             ]
+            rollup_stop = asyncio.Event()
+            if settings.rollup_interval_s > 0:
+                refresher = RollupRefresher(settings, metrics)
+                group.create_task(refresher.run(rollup_stop), name="ingest-rollups")
             try:
                 if ready is not None:
                     await _first_of(subscriber.connected.wait(), stop.wait())
@@ -211,6 +248,7 @@ async def run_ingester(
                     await asyncio.wait_for(writers[0].drain(), 5)
                 await writers[0].close()
                 mqtt_stop.set()
+                rollup_stop.set()
                 await mqtt_task
                 abandoned = intake.close()
                 if abandoned:

@@ -41,7 +41,7 @@ class IngestSettings(BaseSettings):
         description="unacknowledged messages the broker may send at once (the intake bound)",
     )
     max_pending_readings: int = Field(
-        default=50_000,
+        default=60_000,
         ge=100,
         description="parsed readings held in memory; past it, intake waits",
     )
@@ -51,7 +51,12 @@ class IngestSettings(BaseSettings):
         le=16,
         description="batches committed at once, each on its own connection (overlaps CPU and I/O)",
     )
-    batch_size: int = Field(default=5000, ge=1, le=100_000, description="rows per commit")
+    batch_size: int = Field(
+        default=20_000,
+        ge=1,
+        le=100_000,
+        description="rows per commit at most (batches only grow this big under load)",
+    )
     batch_age_s: float = Field(
         default=0.1, gt=0, le=10, description="oldest pending reading waits at most this long"
     )
@@ -70,9 +75,24 @@ class IngestSettings(BaseSettings):
     energy_reset_kwh: float = Field(
         default=10.0, ge=0, description="a register dropping to at most this much was reset"
     )
+    rollup_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="refresh the rollups this often (0 = not here: run python -m ingest.refresh)",
+    )
+    rollup_max_pending: int = Field(
+        default=100_000, ge=100, description="pending partials merged per refresh transaction"
+    )
     metrics_port: int = Field(default=9101, ge=0, le=65535, description="0 = no /metrics")
     metrics_host: str = Field(default="127.0.0.1")
-    backoff_max_s: float = Field(default=10.0, gt=0, description="reconnect backoff cap")
+    backoff_max_s: float = Field(default=10.0, gt=0, description="broker reconnect backoff cap")
+    db_backoff_max_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=10,
+        description="database retry backoff cap: writes resume within this long of its return",
+    )
 
     @field_validator("shared_group")
     @classmethod

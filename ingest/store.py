@@ -1,13 +1,14 @@
-"""One batch, one transaction: readings, latest values, rollups and dead letters together.
+"""One batch, one transaction: readings, latest values, rollup partials and dead letters.
 
 The fast path COPYs the batch straight into ``readings`` (binary COPY, the fastest way into
-PostgreSQL). A redelivered reading makes that COPY fail on the primary key; the batch then
-rolls back to a savepoint and takes the deduplicating path: COPY into a session-local staging
-table, then ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` tells exactly which rows are new.
-Only new rows feed ``sensor_latest`` and the rollups, so a redelivery never counts twice: their
-per-minute partial aggregates are COPYed into a second staging table, from which three
-statements merge the minute rollups, the hour rollups and ``sensor_latest``.
-Nothing here acknowledges anything: the caller acks after :meth:`Store.write` returns.
+PostgreSQL). A redelivered reading makes that COPY fail on the primary key; the transaction is
+then redone on the deduplicating path: COPY into a session-local staging table, then
+``INSERT ... ON CONFLICT DO NOTHING RETURNING`` tells exactly which rows are new. Only new
+rows move ``sensor_latest`` (one statement per batch, only forward in time) and leave their
+partial aggregates per (sensor, minute) in ``rollup_pending`` (one small COPY); the rollups
+are maintained off the hot path (:mod:`ingest.rollups`). Energy registers are checked last,
+under an advisory lock per register, so concurrent writers overlap on the bulk COPY. Nothing
+here acknowledges anything: the caller acks after :meth:`Store.write` returns.
 """
 
 from __future__ import annotations
@@ -16,97 +17,66 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 
-from core.building import SensorKind
 from core.payload import Reason
 from ingest.registers import Neighbours, RegisterVerdict, judge, split_late
-from ingest.rollups import minute_partials
-from ingest.validate import DeadLetter, Good, reading_payload
+from ingest.validate import Checked, DeadLetter, Good, Row, reading_payload
 
 logger = logging.getLogger(__name__)
 
-Row = tuple[str, datetime, float]
 AsyncConn = psycopg.AsyncConnection[tuple[object, ...]]
 
 _ENERGY_LOCK_CLASS = 0x55504E52  # "UPNR": advisory-lock namespace of energy registers
+_ROW_TYPES = ["text", "timestamptz", "float8"]
 
 # Session-local scratch tables (emptied at every commit); created once per connection.
 STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS ingest_stage (sensor_id text NOT NULL,"
-    " ts timestamptz NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS ingest_minutes (sensor_id text NOT NULL,"
-    " bucket timestamptz NOT NULL, count bigint NOT NULL, sum double precision NOT NULL,"
-    " min double precision NOT NULL, max double precision NOT NULL,"
-    " last_ts timestamptz NOT NULL, last_value double precision NOT NULL,"
-    " energy_kwh double precision) ON COMMIT DELETE ROWS",
+    b"CREATE TEMP TABLE IF NOT EXISTS ingest_stage (sensor_id text NOT NULL,"
+    b" ts timestamptz NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS",
+    b"CREATE TEMP TABLE IF NOT EXISTS ingest_touch (LIKE rollup_pending) ON COMMIT DELETE ROWS",
 )
-
-COPY_READINGS = "COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT BINARY)"
-COPY_STAGE = "COPY ingest_stage (sensor_id, ts, value) FROM STDIN (FORMAT BINARY)"
-COPY_MINUTES = (
-    "COPY ingest_minutes (sensor_id, bucket, count, sum, min, max, last_ts, last_value,"
-    " energy_kwh) FROM STDIN (FORMAT BINARY)"
+COPY_READINGS = b"COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT BINARY)"
+COPY_STAGE = b"COPY ingest_stage (sensor_id, ts, value) FROM STDIN (FORMAT BINARY)"
+COPY_TOUCH = (
+    b"COPY ingest_touch (sensor_id, bucket, count, sum, min, max, last_ts, last_value)"
+    b" FROM STDIN (FORMAT BINARY)"
 )
-MINUTE_TYPES = [
-    "text", "timestamptz", "int8", "float8", "float8", "float8", "timestamptz", "float8", "float8"
-]  # fmt: skip
-
+TOUCH_TYPES = ["text", "timestamptz", "int8", "float8", "float8", "float8", "timestamptz", "float8"]
 INSERT_NEW = (
-    "INSERT INTO readings (sensor_id, ts, value) SELECT sensor_id, ts, value FROM ingest_stage"
-    " ON CONFLICT DO NOTHING RETURNING sensor_id, ts"
+    b"INSERT INTO readings (sensor_id, ts, value) SELECT sensor_id, ts, value FROM ingest_stage"
+    b" ON CONFLICT DO NOTHING RETURNING sensor_id, ts"
 )
-
-# Every rollup column merges exactly, so batches may commit in any order.
-_MERGE = """
-    ON CONFLICT (sensor_id, bucket) DO UPDATE SET
-        count = r.count + excluded.count,
-        sum = r.sum + excluded.sum,
-        min = least(r.min, excluded.min),
-        max = greatest(r.max, excluded.max),
-        last_ts = greatest(r.last_ts, excluded.last_ts),
-        last_value = CASE WHEN excluded.last_ts > r.last_ts
-                          THEN excluded.last_value ELSE r.last_value END,
-        energy_kwh = CASE WHEN excluded.energy_kwh IS NULL THEN r.energy_kwh
-                          ELSE coalesce(r.energy_kwh, 0) + excluded.energy_kwh END
-"""
-MERGE_MINUTES = (
-    "INSERT INTO rollups_1m AS r"
-    " (sensor_id, bucket, count, sum, min, max, last_ts, last_value, energy_kwh)"
-    " SELECT sensor_id, bucket, count, sum, min, max, last_ts, last_value, energy_kwh"
-    " FROM ingest_minutes ORDER BY 1, 2" + _MERGE
-)
-MERGE_HOURS = (
-    "INSERT INTO rollups_1h AS r"
-    " (sensor_id, bucket, count, sum, min, max, last_ts, last_value, energy_kwh)"
-    " SELECT sensor_id, date_trunc('hour', bucket, 'UTC'), sum(count), sum(sum), min(min),"
-    " max(max), max(last_ts), (array_agg(last_value ORDER BY last_ts DESC))[1], sum(energy_kwh)"
-    " FROM ingest_minutes GROUP BY 1, 2 ORDER BY 1, 2" + _MERGE
-)
-# sensor_latest moves only forward in time: a late reading never replaces a newer one.
-ADVANCE_LATEST = """
+# From the batch's partials per (sensor, minute): the rows the rollup refresher merges, and
+# sensor_latest, which moves only forward in time (a late reading never replaces a newer
+# one). Sorted by sensor, so concurrent writers lock its rows in the same order.
+TOUCH = b"""
+    WITH pending AS (INSERT INTO rollup_pending SELECT * FROM ingest_touch)
     INSERT INTO sensor_latest AS l (sensor_id, ts, value, received_at)
     SELECT DISTINCT ON (sensor_id) sensor_id, last_ts, last_value, now()
-      FROM ingest_minutes ORDER BY sensor_id, last_ts DESC
+      FROM ingest_touch ORDER BY sensor_id, last_ts DESC
     ON CONFLICT (sensor_id) DO UPDATE
        SET ts = excluded.ts, value = excluded.value, received_at = excluded.received_at
      WHERE excluded.ts > l.ts
 """
-LOCK_REGISTERS = (
-    "SELECT pg_advisory_xact_lock(%s, hashtext(s))"
-    " FROM (SELECT unnest(%s::text[]) AS s ORDER BY 1) q"
-)
-REGISTER_LATEST = "SELECT sensor_id, ts, value FROM sensor_latest WHERE sensor_id = ANY(%s::text[])"
+# Lock the batch's energy registers (sorted: a fixed order), then read their newest values.
+LOCK_REGISTERS = b"""
+    WITH locked AS MATERIALIZED (
+        SELECT s, pg_advisory_xact_lock(%s, hashtext(s))
+          FROM (SELECT unnest(%s::text[]) AS s ORDER BY 1) q
+    )
+    SELECT l.sensor_id, l.ts, l.value FROM locked JOIN sensor_latest l ON l.sensor_id = locked.s
+"""
 NEIGHBOURS = (
-    "SELECT sensor_id, ts, prev_ts, prev_value, next_ts, next_value"
-    " FROM reading_neighbours(%s::text[], %s::timestamptz[])"
+    b"SELECT sensor_id, ts, prev_ts, prev_value, next_ts, next_value"
+    b" FROM reading_neighbours(%s::text[], %s::timestamptz[])"
 )
-REFRESH_ENERGY = "SELECT refresh_energy_rollups(%s::text[], %s::timestamptz[])"
 INSERT_DEAD = (
-    "INSERT INTO dead_letters (received_at, topic, payload, reason, detail, sensor_id)"
-    " SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::bytea[], %s::text[],"
-    " %s::text[], %s::text[])"
+    b"INSERT INTO dead_letters (received_at, topic, payload, reason, detail, sensor_id)"
+    b" SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::bytea[], %s::text[],"
+    b" %s::text[], %s::text[])"
 )
 
 
@@ -123,6 +93,34 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
+def minute_partials(rows: Iterable[Row]) -> dict[tuple[str, datetime], list[Any]]:
+    """(sensor, UTC minute) -> [count, sum, min, max, last_ts, last_value] of the rows.
+
+    The hottest loop of the write path: plain lists while accumulating.
+    """
+    acc: dict[tuple[str, datetime], list[Any]] = {}
+    minute_of: dict[datetime, datetime] = {}
+    for sensor, ts, value in rows:
+        minute = minute_of.get(ts)
+        if minute is None:
+            minute = minute_of[ts] = ts.replace(second=0, microsecond=0)
+        key = (sensor, minute)
+        part = acc.get(key)
+        if part is None:
+            acc[key] = [1, value, value, value, ts, value]
+            continue
+        part[0] += 1
+        part[1] += value
+        if value < part[2]:
+            part[2] = value
+        elif value > part[3]:
+            part[3] = value
+        if ts > part[4]:
+            part[4] = ts
+            part[5] = value
+    return acc
+
+
 class Store:
     """Writes batches over one connection (autocommit; each batch is one transaction)."""
 
@@ -132,91 +130,91 @@ class Store:
         self._months: set[tuple[int, int]] = set()
         self._staged = False
 
-    async def write(self, good: list[Good], dead: list[DeadLetter]) -> WriteOutcome:
-        rows: dict[tuple[str, datetime], Good] = {}
-        for reading in good:
-            rows.setdefault((reading.sensor, reading.ts), reading)
-        in_batch_dupes = len(good) - len(rows)
-        await self._prepare(rows.values())
-        dead = list(dead)
-        slow = False
+    async def write(self, checked: Checked) -> WriteOutcome:
+        """Store a checked batch in one transaction. Fast path first; on a primary-key
+        conflict (a redelivery) the transaction is redone on the deduplicating path."""
+        await self._prepare(checked.rows, checked.energy)
+        try:
+            return await self._write(checked, dedup=False)
+        except psycopg.errors.UniqueViolation:
+            return await self._write(checked, dedup=True)
+
+    async def _write(self, checked: Checked, *, dedup: bool) -> WriteOutcome:
+        dead = list(checked.dead)
+        offered = len(checked.rows)
         async with self._conn.transaction():
-            energy = [g for g in rows.values() if g.kind is SensorKind.ENERGY]
-            verdict = RegisterVerdict()
-            if energy:
-                verdict = await self._judge_registers(energy)
-                for refused in verdict.refused:
-                    del rows[(refused.sensor, refused.ts)]
-                    dead.append(_backwards(refused, self._energy_reset_kwh))
-            batch: list[Row] = [(g.sensor, g.ts, g.value) for g in rows.values()]
-            inserted = batch
-            if batch:
-                try:
-                    async with self._conn.transaction():
-                        await self._copy(COPY_READINGS, ["text", "timestamptz", "float8"], batch)
-                except psycopg.errors.UniqueViolation:
-                    slow = True
-                    inserted = await self._insert_new(batch)
+            # The bulk first, outside any lock, so concurrent writers overlap here.
+            inserted = await self._insert(checked.rows, dedup)
+            if checked.energy:
+                # From here to the commit, the batch's registers are locked.
+                verdict = await self._judge_registers(checked.energy)
+                refused = {(g.sensor, g.ts) for g in verdict.refused}
+                accepted = [
+                    (g.sensor, g.ts, g.value)
+                    for g in checked.energy
+                    if (g.sensor, g.ts) not in refused
+                ]
+                dead.extend(_backwards(g, self._energy_reset_kwh) for g in verdict.refused)
+                offered += len(accepted)
+                inserted += await self._insert(accepted, dedup)
             if inserted:
-                await self._derive(inserted, verdict)
+                await self._touch(inserted)
             if dead:
                 await self._dead_letters(dead)
-        return WriteOutcome(len(inserted), in_batch_dupes + len(batch) - len(inserted), dead, slow)
+        return WriteOutcome(len(inserted), offered - len(inserted), dead, dedup)
 
-    async def _prepare(self, rows: Iterable[Good]) -> None:
-        """Staging tables of this session, and the monthly partitions the rows need."""
+    async def _insert(self, rows: list[Row], dedup: bool) -> list[Row]:
+        """Store ``rows``; return those that were new (all of them on the fast path)."""
+        if not rows:
+            return []
+        if not dedup:
+            await self._copy(COPY_READINGS, _ROW_TYPES, rows)
+            return list(rows)
+        await self._copy(COPY_STAGE, _ROW_TYPES, rows)
+        cursor = await self._conn.execute(INSERT_NEW)
+        new = {(str(s), t) for s, t in await cursor.fetchall()}
+        await self._conn.execute(b"TRUNCATE ingest_stage")
+        out: list[Row] = []
+        for row in rows:
+            key = (row[0], row[1])
+            if key in new:
+                new.discard(key)  # a reading twice in one batch is new once
+                out.append(row)
+        return out
+
+    async def _touch(self, rows: list[Row]) -> None:
+        """Rollup partials and sensor_latest of the new rows: one COPY, one statement."""
+        await self._copy(
+            COPY_TOUCH,
+            TOUCH_TYPES,
+            ((s, b, *p) for (s, b), p in minute_partials(rows).items()),
+        )
+        await self._conn.execute(TOUCH)
+
+    async def _prepare(self, rows: list[Row], energy: list[Good]) -> None:
+        """Staging table of this session, and the monthly partitions the rows need."""
         if not self._staged:
             for statement in STAGING:
                 await self._conn.execute(statement)
             self._staged = True
-        months = {(g.ts.year, g.ts.month) for g in rows} - self._months
-        for year, month in sorted(months):
+        months = {(r[1].year, r[1].month) for r in rows}
+        months.update((g.ts.year, g.ts.month) for g in energy)
+        for year, month in sorted(months - self._months):
             first = datetime(year, month, 1, tzinfo=UTC)
             await self._conn.execute("SELECT ensure_readings_partition(%s)", (first,))
             self._months.add((year, month))
 
-    async def _copy(
-        self, statement: str, types: list[str], rows: Iterable[tuple[object, ...]]
-    ) -> None:
-        async with self._conn.cursor().copy(statement.encode()) as copy:
+    async def _copy(self, statement: bytes, types: list[str], rows: Iterable[object]) -> None:
+        async with self._conn.cursor().copy(statement) as copy:
             copy.set_types(types)
+            write = copy.write_row
             for row in rows:
-                await copy.write_row(row)
-
-    async def _insert_new(self, rows: list[Row]) -> list[Row]:
-        """The deduplicating path; returns the rows that were not stored before."""
-        await self._copy(COPY_STAGE, ["text", "timestamptz", "float8"], rows)
-        cursor = await self._conn.execute(INSERT_NEW.encode())
-        new = {(str(s), t) for s, t in await cursor.fetchall()}
-        await self._conn.execute(b"TRUNCATE ingest_stage")
-        return [row for row in rows if (row[0], row[1]) in new]
-
-    async def _derive(self, rows: list[Row], verdict: RegisterVerdict) -> None:
-        """Rollups and sensor_latest from the new rows; kWh of late energy readings."""
-        partials = minute_partials(rows, verdict.kwh)
-        await self._copy(
-            COPY_MINUTES,
-            MINUTE_TYPES,
-            (
-                (s, b, p.count, p.sum, p.min, p.max, p.last_ts, p.last_value, p.energy)
-                for (s, b), p in partials.items()
-            ),
-        )
-        for statement in (MERGE_MINUTES, MERGE_HOURS, ADVANCE_LATEST):
-            await self._conn.execute(statement.encode())
-        if verdict.late:
-            stored = {(r[0], r[1]) for r in rows}
-            late = [g for g in verdict.late if (g.sensor, g.ts) in stored]
-            if late:
-                await self._conn.execute(
-                    REFRESH_ENERGY, ([g.sensor for g in late], [g.ts for g in late])
-                )
+                await write(row)  # type: ignore[arg-type]
 
     async def _judge_registers(self, energy: list[Good]) -> RegisterVerdict:
         """Lock the batch's registers (fixed order), then check each reading against them."""
         sensors = sorted({g.sensor for g in energy})
-        await self._conn.execute(LOCK_REGISTERS, (_ENERGY_LOCK_CLASS, sensors))
-        cursor = await self._conn.execute(REGISTER_LATEST, (sensors,))
+        cursor = await self._conn.execute(LOCK_REGISTERS, (_ENERGY_LOCK_CLASS, sensors))
         latest: dict[str, tuple[datetime, float]] = {
             str(r[0]): (r[1], float(r[2]))  # type: ignore[misc, arg-type]
             for r in await cursor.fetchall()
@@ -238,7 +236,7 @@ class Store:
                 [d.received_at for d in dead],
                 [_clean(d.topic) for d in dead],
                 [d.payload for d in dead],
-                [d.reason.value for d in dead],
+                [str(d.reason) for d in dead],
                 [_clean(d.detail) for d in dead],
                 [None if d.sensor_id is None else _clean(d.sensor_id) for d in dead],
             ),

@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from core.building import SensorKind
@@ -25,7 +26,14 @@ from core.topics import Channel, Topic, TopicError, parse_topic
 MAX_DEAD_PAYLOAD = 64 * 1024
 
 # Kinds whose valid values are exactly an interval (fire states are a set: slow path).
+_ENERGY = SensorKind.ENERGY
 _PLAIN_RANGES = {kind: (r.low, r.high) for kind, r in RANGES.items() if kind is not SensorKind.FIRE}
+
+
+class StoreReason(StrEnum):
+    """Refusals by the database itself (a reading that makes every write of it fail)."""
+
+    REJECTED = "rejected_by_database"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +41,7 @@ class DeadLetter:
     received_at: datetime
     topic: str
     payload: bytes
-    reason: Reason
+    reason: Reason | StoreReason
     detail: str
     sensor_id: str | None = None
 
@@ -50,8 +58,11 @@ class Parsed:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
+Row = tuple[str, datetime, float]
+
+
 class Good(NamedTuple):
-    """A reading that passed every check that does not need the database."""
+    """An energy reading that passed every check that does not need the database."""
 
     sensor: str
     ts: datetime
@@ -142,22 +153,27 @@ def _fast_reading(raw: Any, timestamps: dict[str, datetime]) -> tuple[str, datet
     return sensor, when, value
 
 
-def unknown_sensors(messages: list[Parsed], registry: Registry) -> bool:
-    """Whether any reading names a sensor the registry does not hold."""
-    return any(r[0] not in registry for m in messages for r in m.readings)
-
-
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_future: timedelta
     max_age: timedelta
 
 
+@dataclass(slots=True)
+class Checked:
+    """A batch after the registry, clock and range checks."""
+
+    rows: list[Row]  # ready to store
+    energy: list[Good]  # energy registers: still to be checked against the stored ones
+    dead: list[DeadLetter]
+
+
 def check_readings(
     messages: list[Parsed], registry: Registry, now: datetime, limits: Limits
-) -> tuple[list[Good], list[DeadLetter]]:
+) -> Checked:
     """Registry, clock and range checks of every parsed reading of a batch."""
-    good: list[Good] = []
+    rows: list[Row] = []
+    energy: list[Good] = []
     dead: list[DeadLetter] = []
     newest = now + limits.max_future
     oldest = now - limits.max_age
@@ -177,16 +193,30 @@ def check_readings(
                 and (kind := info.kind) in _PLAIN_RANGES
                 and _PLAIN_RANGES[kind][0] <= value <= _PLAIN_RANGES[kind][1]
             ):
-                good.append(
-                    Good(sensor, ts, value, kind, raw, message.topic_name, message.received_at)
-                )
+                if kind is _ENERGY:
+                    energy.append(
+                        Good(sensor, ts, value, kind, raw, message.topic_name, message.received_at)
+                    )
+                else:
+                    rows.append(reading)
                 continue
             problem = _problem(reading, info, topic, newest, oldest)
             if problem is None:
                 assert info is not None
-                good.append(
-                    Good(sensor, ts, value, info.kind, raw, message.topic_name, message.received_at)
-                )
+                if info.kind is _ENERGY:
+                    energy.append(
+                        Good(
+                            sensor,
+                            ts,
+                            value,
+                            info.kind,
+                            raw,
+                            message.topic_name,
+                            message.received_at,
+                        )
+                    )
+                else:
+                    rows.append(reading)
             else:
                 reason, detail = problem
                 dead.append(
@@ -199,7 +229,7 @@ def check_readings(
                         sensor,
                     )
                 )
-    return good, dead
+    return Checked(rows, energy, dead)
 
 
 def _problem(

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import psycopg
@@ -81,6 +86,8 @@ def settings_for(db_url: str, mqtt_url: str, prefix: str, **overrides: object) -
         "client_id": f"ingest-{prefix.strip('/')}",
         "metrics_port": 0,
         "batch_age_s": 0.05,
+        "rollup_interval_s": 0.2,
+        "session_expiry_s": 60,  # do not leave week-long sessions on the shared broker
     }
     values.update(overrides)
     return IngestSettings(
@@ -128,7 +135,8 @@ class Publisher:
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         self._slots.acquire()
         info = self.client.publish(topic, payload, qos=qos)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
+        # While the broker is away paho keeps a QoS 1 message and sends it on reconnect.
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise RuntimeError(f"publish failed: {info.rc}")
 
     def close(self) -> None:
@@ -175,6 +183,20 @@ def scalar(db_url: str, query: str, *params: object) -> object:
         row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
         assert row is not None
         return row[0]
+
+
+def rollups_settled(db_url: str) -> bool:
+    """No rollup partials pending and every stored reading counted in both rollup levels."""
+    return bool(
+        scalar(
+            db_url,
+            "SELECT NOT EXISTS (SELECT 1 FROM rollup_pending)"
+            " AND (SELECT count(*) FROM readings)"
+            " = (SELECT coalesce(sum(count), 0) FROM rollups_1m)"
+            " AND (SELECT count(*) FROM readings)"
+            " = (SELECT coalesce(sum(count), 0) FROM rollups_1h)",
+        )
+    )
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 30, every: float = 0.1):
@@ -255,3 +277,102 @@ def via_proxy(db_url: str, port: int) -> str:
 def db_target(db_url: str) -> tuple[str, int]:
     info = psycopg.conninfo.conninfo_to_dict(db_url)
     return str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432)
+
+
+class PrivateMosquitto:
+    """A Mosquitto of the test's own (persistence on, big queues) that can be restarted."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "mosquitto.conf").write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {folder}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 0\n"
+            "log_type error\n"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.folder / "mosquitto.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("private mosquitto did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): Mosquitto writes its persistence file."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def __enter__(self) -> PrivateMosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def ingester_process(env: dict[str, str], client_id: str, metrics_port: int):
+    """The ingester as a process of its own (``upstairs ingest``), to be killed for real."""
+    env = dict(env)
+    env.update(
+        UPSTAIRS_INGEST_CLIENT_ID=client_id,
+        UPSTAIRS_INGEST_METRICS_PORT=str(metrics_port),
+        UPSTAIRS_INGEST_BATCH_AGE_S="0.05",
+        UPSTAIRS_INGEST_ROLLUP_INTERVAL_S="0.2",
+        UPSTAIRS_INGEST_SESSION_EXPIRY_S="60",  # do not leave week-long sessions behind
+    )
+    level = os.environ.get("UPSTAIRS_TEST_INGEST_LOG", "WARNING")
+    code = (
+        "import sys; "
+        + f"from ingest.service import main; sys.exit(main(['--log-level', {level!r}]))"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def metric(port: int, name: str) -> float | None:
+    """A sample's value from /metrics (``name`` may carry labels), None when absent."""
+    try:
+        text = metrics_text(port)
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def refresher_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``python -m ingest.refresh`` (the rollup refresher alone), stderr captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ingest.refresh", "--log-level", "WARNING"],
+        env={**env, "UPSTAIRS_INGEST_ROLLUP_INTERVAL_S": "0.2"},
+        stderr=subprocess.PIPE,
+    )

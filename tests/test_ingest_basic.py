@@ -10,6 +10,7 @@ from tests.ingest_helpers import (
     add_sensors,
     message,
     now,
+    rollups_settled,
     running_ingester,
     scalar,
     settings_for,
@@ -35,6 +36,7 @@ async def test_stores_readings_and_latest(db_url, mqtt):
                     ]
                     pub.publish(topic(floor, mqtt.prefix), message(readings, i))
         await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM readings") == 120)
+        await wait_until(lambda: rollups_settled(db_url))
     assert scalar(db_url, "SELECT count(*) FROM sensor_latest") == 12
     assert (
         scalar(

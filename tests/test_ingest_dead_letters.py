@@ -13,6 +13,7 @@ from tests.ingest_helpers import (
     add_sensors,
     now,
     raw_message,
+    rollups_settled,
     running_ingester,
     scalar,
     settings_for,
@@ -134,5 +135,6 @@ async def test_one_malformed_in_a_hundred(db_url, mqtt):
                 good_readings += len(readings)
         await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM readings") == good_readings)
         await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM dead_letters") == 10)
+        await wait_until(lambda: rollups_settled(db_url))
     assert _reasons(db_url) == expected_dead
     assert scalar(db_url, "SELECT sum(count) FROM rollups_1m") == good_readings

@@ -12,6 +12,7 @@ from tests.ingest_helpers import (
     SensorRow,
     add_sensors,
     raw_message,
+    rollups_settled,
     running_ingester,
     scalar,
     settings_for,
@@ -82,7 +83,7 @@ async def test_late_shuffled_duplicates(db_url, mqtt):
             for i in range(0, len(sent), 50):
                 pub.publish(topic(1, mqtt.prefix), raw_message(sent[i : i + 50], i))
         await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM readings") == 10_000)
-        await wait_until(lambda: scalar(db_url, "SELECT sum(count) FROM rollups_1m") == 10_000)
+        await wait_until(lambda: rollups_settled(db_url))
     assert scalar(db_url, "SELECT count(*) FROM dead_letters") == 0
     assert scalar(db_url, "SELECT count(*) FROM readings") == 10_000
     assert_rollups_match_raw(db_url)
