@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "api": ("api.main", "the HTTP API and pages"),
         "gateway": ("gateway.service", "a floor gateway: Modbus TCP devices to MQTT"),
         "alerts": ("alerts.service", "the alert engine and live floor state"),
+        "rollups": ("ingest.refresh", "the rollup refresher alone (ingesters can run it too)"),
     }
     for name, (module, help_text) in services.items():
         p = sub.add_parser(name, help=help_text, add_help=False)
@@ -224,6 +225,7 @@ DELEGATED = {
     ("api",): "api.main",
     ("gateway",): "gateway.service",
     ("alerts",): "alerts.service",
+    ("rollups",): "ingest.refresh",
     ("bench", "ingest"): "ingest.bench",
     ("bench", "gateway"): "gateway.bench",
     ("bench", "alerts"): "alerts.bench",
