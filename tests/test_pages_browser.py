@@ -105,7 +105,7 @@ def test_operator_live_overload_ack_and_fire(
             time.sleep(0.3)
             page.reload()
         page.goto(base + "/")
-        _wait(page, "#evacuation[hidden]", 5, state="attached")
+        _wait(page, "#evacuation[hidden]", 15, state="attached")
         assert page.locator("#floor-7").get_attribute("data-status") != "fire"
     report("operator", {**timings, "overload_shown_s": {"s": round(seconds, 2)},
                         "fire_banner_s": {"s": round(fire_s, 2)}})  # fmt: skip
