@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, Field
 from api.auth import Principal, Scope, ScopeDep
 from api.common import ID_PATTERN, _Strict, forbid_unknown_query, not_found, responses
 from api.db import Connection
+from api.live import redact_for_tenant
 from core.alert_types import (
     FIRE_RULES,
     AlertState,
@@ -36,13 +37,32 @@ SELECT a.*,
        (SELECT coalesce(json_agg(json_build_object('id', t.id, 'name', t.name) ORDER BY t.id),
                         '[]')
           FROM tenants t WHERE t.building_id = a.building_id AND t.id = ANY (a.tenant_ids))
-           AS tenant_refs
+           AS tenant_refs,
+       EXISTS (SELECT 1 FROM leases l
+                WHERE l.building_id = a.building_id AND l.zone_id = a.zone_id
+                  AND l.tenant_id = (SELECT api_tenant())
+                  AND l.valid_from <= current_date
+                  AND (l.valid_to IS NULL OR current_date < l.valid_to)) AS own_zone
   FROM alerts a
 """
 
 
 def alert_view(row: dict[str, Any], viewer: Principal) -> AlertView:
-    """A row of ``alerts`` as the wire type; a tenant sees no other tenant's id."""
+    """A row of ``alerts`` as the wire type, redacted for a tenant.
+
+    A tenant sees no other tenant's id; an alert about a zone it does not lease (a
+    neighbour's fire that puts it in the evacuation zone) shows only the floor, the rule and
+    the advice (:func:`api.live.redact_for_tenant`), as on the WebSocket.
+    """
+    view = _alert_view(row, viewer)
+    if viewer.is_operator or viewer.tenant_id is None:
+        return view
+    own = {row["zone_id"]} if row.get("own_zone") and row["zone_id"] else set()
+    data = redact_for_tenant(view.model_dump(mode="json"), viewer.tenant_id, own)
+    return AlertView.model_validate(data)
+
+
+def _alert_view(row: dict[str, Any], viewer: Principal) -> AlertView:
     tenants = list(row["tenant_ids"])
     if not viewer.is_operator:
         tenants = [t for t in tenants if t == viewer.tenant_id]
