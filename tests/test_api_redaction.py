@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from api.live import redact_for_tenant
 
 FIRE = {
@@ -44,3 +46,42 @@ def test_own_zone_alert_keeps_its_detail() -> None:
     assert seen["zone"] == "f03-z1" and seen["sensor"] == "ref-f03-fire-z1"
     assert seen["tenants"] == ["rackline"]
     assert seen["evacuation"]["tenants"] == [{"id": "rackline", "name": "Rackline"}]
+
+
+def test_alert_list_redacts_a_neighbours_fire_for_a_tenant(db_url: str) -> None:
+    """GET /api/v1/alerts: the tenant in the evacuation zone learns floor and advice only;
+    the tenant whose zone burns sees the detail."""
+    import psycopg
+
+    from core.building_file import load_building
+    from tests.api_helpers import apply, bearer, client, token
+    from tests.conftest import REF_TOWER
+
+    building = load_building(REF_TOWER)
+    apply(db_url, building)
+    today = date.today()
+    zone = next(z for z in building.zones if z.floor == 3 and building.tenant_of_zone(z.id, today))
+    owner = building.tenant_of_zone(zone.id, today)
+    neighbour = next(
+        t
+        for z in building.zones
+        if z.floor == 4 and (t := building.tenant_of_zone(z.id, today)) not in (None, owner)
+    )
+    assert owner and neighbour
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "INSERT INTO alerts (building_id, rule, subject, floor, zone_id, sensor_id,"
+            " tenant_ids, severity, state, latched, condition_active, message, opened_at,"
+            " evacuation_floors) VALUES ('ref-tower', 'fire', 'sensor:x', 3, %s, 'ref-f03-fire-z1',"
+            " %s, 'critical', 'open', true, true, %s, now(), '{2,3,4}')",
+            (zone.id, [owner, neighbour], f"FIRE in {zone.id} of {owner}"),
+        )
+    with client(db_url) as c:
+        mine = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", owner))).json()
+        theirs = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", neighbour)))
+    assert mine[0]["zone"] == zone.id and owner in mine[0]["message"]
+    text = theirs.text
+    assert theirs.status_code == 200 and len(theirs.json()) == 1
+    for secret in (zone.id, owner, "ref-f03-fire-z1"):
+        assert secret not in text, secret
+    assert "evacuate floors 2, 3, 4" in theirs.json()[0]["message"]
