@@ -152,7 +152,9 @@ class PrivateBroker:
             "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "max_queued_messages 100000\n"
-            "max_inflight_messages 100\n"
+            "max_inflight_messages 100\n" + ("user root\n" if os.geteuid() == 0 else "")
+            # As root, Mosquitto drops to user 'mosquitto', who cannot write the persistence
+            # file here: sessions (the collector's subscription) would not survive a restart.
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
