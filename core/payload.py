@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CONTRACT_VERSION = 1
@@ -108,6 +109,20 @@ class Envelope:
     readings: list[Any]
 
 
+def _loads(payload: bytes) -> Any:
+    """orjson for speed; the standard library decides whatever orjson refuses.
+
+    NaN / Infinity (not JSON, but sent by real devices), integers past 64 bits and lone
+    surrogates fail in orjson and parse in ``json``: NaN and Infinity become floats that are
+    refused per reading (non_finite_value), so one bad value does not cost the valid
+    readings next to it. Anything ``json`` refuses too is ``not_json``.
+    """
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
+
+
 def encode_ts(ts: datetime) -> str:
     """RFC 3339 UTC with millisecond precision and a ``Z``."""
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -129,9 +144,7 @@ def encode_telemetry(source: str, seq: int, readings: list[Reading]) -> bytes:
 def parse_envelope(payload: bytes) -> Envelope:
     """Check the message envelope; raise :class:`PayloadError` for a message-wide fault."""
     try:
-        # NaN / Infinity parse to floats here and are refused per reading (non_finite_value),
-        # so one bad value does not cost the valid readings next to it.
-        body = json.loads(payload)
+        body = _loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PayloadError(Reason.NOT_JSON, str(exc)[:200]) from exc
     if not isinstance(body, dict):
