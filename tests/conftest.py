@@ -21,6 +21,7 @@ import pytest
 
 from core.db import migrate, with_search_path
 from core.settings import MqttAddress, parse_mqtt_url
+from tests.mqtt_broker import broker  # noqa: F401 (fixture for the MQTT security tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 REF_TOWER = ROOT / "deploy" / "buildings" / "ref-tower.yaml"
@@ -56,8 +57,8 @@ def mqtt_server_url(tmp_session_dir: Path) -> Iterator[str]:
         return
     from upstairs.embedded import EmbeddedBroker
 
-    with EmbeddedBroker(tmp_session_dir / "broker") as broker:
-        yield broker.url
+    with EmbeddedBroker(tmp_session_dir / "broker") as embedded:
+        yield embedded.url
 
 
 @pytest.fixture
