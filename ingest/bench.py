@@ -36,7 +36,8 @@ from core.db import migrate, with_search_path
 from core.payload import Reading, encode_telemetry
 from core.settings import DatabaseSettings, MqttAddress, MqttSettings, parse_mqtt_url
 from core.topics import telemetry_topic
-from ingest.bench_mqtt import broker_rate, publish_messages
+from ingest.bench_mqtt import broker_rate
+from ingest.bench_publish import publish_messages
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ def _publisher(address: MqttAddress, plan: Plan, floors: list[int], ready: Any, 
         # this publisher's share of the window (publishers may hold unequal floor counts)
         return bool(sent_readings < allowed.value * share + plan.batch)
 
-    publish_messages(address, messages, may_send)
+    publish_messages(address, messages, may_send, plan.batch)
 
 
 def main(argv: list[str] | None = None) -> int:

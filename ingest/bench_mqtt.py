@@ -1,63 +1,17 @@
-"""MQTT pieces of the benchmark: a QoS 1 publisher and the broker's delivery rate."""
+"""The broker's delivery rate: one publisher process to one subscriber, QoS 1."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import gmqtt  # type: ignore[import-untyped]
-import paho.mqtt.client as paho
 from gmqtt.mqtt.constants import MQTTv50  # type: ignore[import-untyped]
-from paho.mqtt.enums import CallbackAPIVersion
 
 from core.settings import MqttAddress
-
-INFLIGHT = 1000
-
-
-def publish_messages(
-    address: MqttAddress,
-    messages: list[tuple[str, bytes]],
-    may_send: Callable[[int], bool] | None = None,
-) -> None:
-    """Publish at QoS 1 with at most ``INFLIGHT`` unacknowledged messages; wait for all.
-
-    ``may_send(readings_sent_so_far)`` paces the publisher (closed loop) when given.
-    """
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    if address.username:
-        client.username_pw_set(address.username, address.password)
-    client.max_inflight_messages_set(INFLIGHT)
-    client.max_queued_messages_set(0)
-    slots = threading.Semaphore(INFLIGHT)
-    client.on_publish = lambda *_args: slots.release()
-    client.connect(address.host, address.port, keepalive=60)
-    client.loop_start()
-    try:
-        sent = 0
-        per_message = max(1, payload_readings(messages[0][1])) if messages else 1
-        for topic, payload in messages:
-            while may_send is not None and not may_send(sent):
-                time.sleep(0.002)
-            sent += per_message
-            slots.acquire()
-            info = client.publish(topic, payload, qos=1)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise RuntimeError(f"publish failed with {info.rc}")
-        for _ in range(INFLIGHT):
-            if not slots.acquire(timeout=120):
-                raise TimeoutError("PUBACKs missing")
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
-def payload_readings(payload: bytes) -> int:
-    return payload.count(b'"sensor"')
+from ingest.bench_publish import publish_messages
 
 
 def broker_rate(address: MqttAddress, prefix: str, messages: list[tuple[str, bytes]]) -> float:
