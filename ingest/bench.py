@@ -3,7 +3,8 @@
 Publishers in separate processes send N readings in messages of K readings at QoS 1 to an
 ingester running as its own process; the rate is readings committed per second, from the
 first publish to the last commit. Measured in the same run, on the same machine: the ceiling
-(one process binary-COPYing the same rows into the same keyed, partitioned ``readings``), and
+(one process binary-COPYing the same rows into the same keyed, partitioned ``readings``;
+measured before and after the ingest, the higher of the two counts), and
 the broker's delivery rate for messages of the same size. Afterwards the database is counted:
 ``lost`` readings never stored, ``duplicated`` readings stored or rolled up twice.
 
@@ -24,83 +25,30 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from core.db import migrate, with_search_path
-from core.payload import Reading, encode_telemetry
 from core.settings import DatabaseSettings, MqttAddress, MqttSettings, parse_mqtt_url
-from core.topics import telemetry_topic
+from ingest.bench_data import (
+    FLOORS,
+    Plan,
+    backend_cpu,
+    copy_ceiling,
+    cpu_seconds,
+    peak_rss_mb,
+    per_row_us,
+    register,
+)
 from ingest.bench_mqtt import broker_rate
 from ingest.bench_publish import publish_messages
 
 logger = logging.getLogger(__name__)
 
-FLOORS = 10
 WINDOW_MESSAGES = 900  # inside even a default Mosquitto's per-client queue (1000)
-BUILDING = "bench"
-# Kinds of the ten sensors of each group, roughly the reference building's mix.
-KINDS = ["power", "power", "energy", "load", "load", "load", "temperature", "temperature",
-         "temperature", "fire"]  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    readings: int
-    batch: int
-    sensors: int
-    base: datetime
-    prefix: str
-
-    @property
-    def per_floor(self) -> int:
-        return self.sensors // FLOORS
-
-    def sensor(self, floor: int, index: int) -> tuple[str, str]:
-        kind = KINDS[index % len(KINDS)]
-        return f"bench-f{floor:02d}-{kind}-{index:04d}", kind
-
-    def floor_rows(self, floor: int) -> Iterator[tuple[str, datetime, float]]:
-        """The readings of one floor in time order: every sensor once per second."""
-        count = self.readings // FLOORS + (1 if floor < self.readings % FLOORS else 0)
-        for j in range(count):
-            step, index = divmod(j, self.per_floor)
-            sensor, kind = self.sensor(floor, index)
-            yield sensor, self.base + timedelta(seconds=step), _value(kind, step, index)
-
-    def topic(self, floor: int) -> str:
-        return telemetry_topic(BUILDING, floor, self.prefix)
-
-    def messages(self, floors: list[int]) -> list[tuple[str, bytes]]:
-        out: list[tuple[str, bytes]] = []
-        streams = {f: self.floor_rows(f) for f in floors}
-        seq = 0
-        while streams:
-            for floor in list(streams):
-                chunk = [
-                    Reading(*r) for _, r in zip(range(self.batch), streams[floor], strict=False)
-                ]
-                if not chunk:
-                    del streams[floor]
-                    continue
-                out.append((self.topic(floor), encode_telemetry(f"bench-gw-{floor}", seq, chunk)))
-                seq += 1
-        return out
-
-
-def _value(kind: str, step: int, index: int) -> float:
-    if kind == "energy":
-        return 10_000.0 + index + step * 0.05
-    if kind == "fire":
-        return 0.0
-    if kind == "temperature":
-        return 21.0 + (step % 50) / 10
-    return 100.0 + (step + index) % 300
 
 
 @dataclass
@@ -110,7 +58,8 @@ class Report:
     publishers: int
     seconds: float
     readings_per_s: float
-    copy_ceiling_rows_per_s: float
+    copy_ceiling_rows_per_s: float  # the higher of two runs: before and after the ingest
+    copy_ceiling_runs: list[float]
     ratio: float
     broker_msgs_per_s: float
     broker_readings_per_s: float
@@ -121,52 +70,11 @@ class Report:
     rollup_lag_s: float  # after the last commit, until the rollups held every reading
     ingesters: int  # processes sharing the stream ($share/bench/...); rss_mb is the largest
     window_messages: int
-
-
-def _register(url: str, plan: Plan) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO buildings (id, name, timezone) VALUES (%s, 'bench', 'UTC')",
-                     (BUILDING,))  # fmt: skip
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO floors (building_id, number, area_m2, height_m, load_limit_kg_m2,"
-                " power_capacity_kw) VALUES (%s, %s, 2000, 3.9, 500, 800)",
-                [(BUILDING, f) for f in range(FLOORS)],
-            )
-            rows = []
-            for floor in range(FLOORS):
-                for index in range(plan.per_floor):
-                    sensor, kind = plan.sensor(floor, index)
-                    rows.append((sensor, BUILDING, kind, floor))
-            cur.executemany(
-                "INSERT INTO sensors (id, building_id, kind, unit, floor, interval_s)"
-                " VALUES (%s, %s, %s, '-', %s, 1)",
-                rows,
-            )
-
-
-def copy_ceiling(url: str, plan: Plan) -> float:
-    """Rows/s of one process binary-COPYing the same rows into the same keyed table."""
-    spent = 0.0
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT ensure_readings_partition(%s)", (plan.base,))
-        conn.execute("SELECT ensure_readings_partition(now())")
-        for floor in range(FLOORS):
-            rows = list(plan.floor_rows(floor))
-            for start in range(0, len(rows), 100_000):
-                chunk = rows[start : start + 100_000]
-                began = time.perf_counter()
-                with (
-                    conn.transaction(),
-                    conn.cursor().copy(
-                        "COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT BINARY)"
-                    ) as copy,
-                ):
-                    copy.set_types(["text", "timestamptz", "float8"])
-                    for row in chunk:
-                        copy.write_row(row)
-                spent += time.perf_counter() - began
-    return plan.readings / spent
+    # where the time goes: CPU microseconds per row of the ceiling's process and backend,
+    # per reading of the ingester process(es) and their database backends (writers and
+    # rollups; None when the database runs on another machine)
+    ceiling_cpu_us_per_row: dict[str, float | None]
+    ingest_cpu_us_per_reading: dict[str, float | None]
 
 
 def _free_port() -> int:
@@ -185,13 +93,6 @@ def _metric(port: int, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return None
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _start_ingester(
@@ -253,11 +154,9 @@ def run(
     try:
         migrate(url)
         migrate(ceiling_url)
-        _register(url, plan)
+        register(url, plan)
         logger.info("measuring the COPY ceiling (%d rows)", readings)
-        ceiling = copy_ceiling(ceiling_url, plan)
-        with psycopg.connect(db, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {ceiling_schema} CASCADE")
+        ceiling_before, ceiling_cpu = copy_ceiling(ceiling_url, plan)
         address = parse_mqtt_url(mqtt_url)
         sample = plan.messages([0])[: max(1, min(20_000, readings // batch // FLOORS))]
         logger.info("measuring the broker (%d messages)", len(sample))
@@ -301,7 +200,17 @@ def run(
                 break
         seconds = time.perf_counter() - started
         rollup_lag = _wait_rollups(url, timeout=120)
-        rss = max(_peak_rss_mb(i.pid) for i in procs_in)
+        rss = max(peak_rss_mb(i.pid) for i in procs_in)
+        spent = [cpu_seconds(i.pid) for i in procs_in]
+        ingest_cpu = {
+            "ingester": per_row_us(
+                None if None in spent else sum(s for s in spent if s is not None), readings
+            ),
+            "db_writers": per_row_us(backend_cpu(db, f"upstairs-ingest writer %{tag}-%"), readings),
+            "db_rollups": per_row_us(
+                backend_cpu(db, f"upstairs-ingest rollups %{tag}-%"), readings
+            ),
+        }
         for proc in procs:
             proc.join(timeout=60)
         for ingester in procs_in:
@@ -309,6 +218,15 @@ def run(
         for ingester in procs_in:
             ingester.wait(timeout=60)
         procs_in = []
+        # The ceiling again, now that the ingester is gone: the higher of the two counts, so
+        # a busy moment during one of them cannot flatter the ratio.
+        with psycopg.connect(ceiling_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE readings")
+        logger.info("measuring the COPY ceiling again")
+        ceiling_after, cpu_after = copy_ceiling(ceiling_url, plan)
+        ceiling = max(ceiling_before, ceiling_after)
+        if ceiling_after > ceiling_before:
+            ceiling_cpu = cpu_after
         with psycopg.connect(url) as conn:
             row = conn.execute(
                 "SELECT count(*), count(DISTINCT (sensor_id, ts)),"
@@ -325,7 +243,10 @@ def run(
             seconds=round(seconds, 3),
             readings_per_s=round(rate),
             copy_ceiling_rows_per_s=round(ceiling),
+            copy_ceiling_runs=[round(ceiling_before), round(ceiling_after)],
             ratio=round(rate / ceiling, 3),
+            ceiling_cpu_us_per_row=ceiling_cpu,
+            ingest_cpu_us_per_reading=ingest_cpu,
             broker_msgs_per_s=round(broker),
             broker_readings_per_s=round(broker * batch),
             rss_mb=round(rss, 1),

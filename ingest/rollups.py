@@ -48,6 +48,7 @@ class RollupRefresher:
         self._max_rows = settings.rollup_max_pending
         self._backoff_max = settings.db_backoff_max_s
         self._metrics = metrics
+        self._application_name = settings.application_name("rollups")
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -59,7 +60,10 @@ class RollupRefresher:
                 try:
                     if conn is None or conn.closed:
                         conn = await psycopg.AsyncConnection.connect(
-                            self._url, autocommit=True, connect_timeout=5
+                            self._url,
+                            autocommit=True,
+                            connect_timeout=5,
+                            application_name=self._application_name,
                         )
                     started = time.perf_counter()
                     consumed = await refresh_once(conn, self._max_rows)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import signal
@@ -147,7 +148,10 @@ class Writer:
     async def _connected(self) -> Store:
         if self._store is None or self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, connect_timeout=5
+                self._url,
+                autocommit=True,
+                connect_timeout=5,
+                application_name=self._settings.application_name("writer"),
             )
             self._store = Store(self._conn, energy_reset_kwh=self._settings.energy_reset_kwh)
             self._metrics.database_up.set(1)
@@ -283,6 +287,16 @@ async def _migrate(url: str, stop: asyncio.Event) -> None:
             await asyncio.sleep(min(10.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))
 
 
+def tune_gc() -> None:
+    """Fewer cyclic garbage collections: the write path allocates millions of short-lived,
+    acyclic tuples and dicts a minute, and the default thresholds (a collection every 700
+    net allocations) had the collector walk the batches in hand again and again, for about
+    15 % of the parse-check-aggregate time. Objects alive at startup (modules, settings) are
+    frozen out of the collector's view; reference counting still frees everything at once."""
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``upstairs ingest``: run the ingester until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(prog="upstairs ingest", description=__doc__)
@@ -293,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     settings = IngestSettings()
+    tune_gc()
 
     async def _run() -> None:
         stop = asyncio.Event()

@@ -94,6 +94,10 @@ class IngestSettings(BaseSettings):
         description="database retry backoff cap: writes resume within this long of its return",
     )
 
+    def application_name(self, role: str) -> str:
+        """How a connection of the ingester shows in pg_stat_activity (the bench finds them)."""
+        return f"upstairs-ingest {role} {self.client_id}"[:63]
+
     @field_validator("shared_group")
     @classmethod
     def _group(cls, value: str | None) -> str | None:

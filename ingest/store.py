@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -29,19 +30,19 @@ logger = logging.getLogger(__name__)
 
 AsyncConn = psycopg.AsyncConnection[tuple[object, ...]]
 
-_ENERGY_LOCK_CLASS = 0x55504E52  # "UPNR": advisory-lock namespace of energy registers
 _ROW_TYPES = ["text", "timestamptz", "float8"]
 
-# Session-local scratch tables (emptied at every commit); created once per connection.
+_ENERGY_LOCK_CLASS = 0x55504E52  # "UPNR": advisory-lock namespace of energy registers
+
+# Session-local scratch table of the deduplicating path; created once per connection.
 STAGING = (
     b"CREATE TEMP TABLE IF NOT EXISTS ingest_stage (sensor_id text NOT NULL,"
     b" ts timestamptz NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS",
-    b"CREATE TEMP TABLE IF NOT EXISTS ingest_touch (LIKE rollup_pending) ON COMMIT DELETE ROWS",
 )
 COPY_READINGS = b"COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT BINARY)"
 COPY_STAGE = b"COPY ingest_stage (sensor_id, ts, value) FROM STDIN (FORMAT BINARY)"
-COPY_TOUCH = (
-    b"COPY ingest_touch (sensor_id, bucket, count, sum, min, max, last_ts, last_value)"
+COPY_PENDING = (
+    b"COPY rollup_pending (sensor_id, bucket, count, sum, min, max, last_ts, last_value)"
     b" FROM STDIN (FORMAT BINARY)"
 )
 TOUCH_TYPES = ["text", "timestamptz", "int8", "float8", "float8", "float8", "timestamptz", "float8"]
@@ -49,14 +50,12 @@ INSERT_NEW = (
     b"INSERT INTO readings (sensor_id, ts, value) SELECT sensor_id, ts, value FROM ingest_stage"
     b" ON CONFLICT DO NOTHING RETURNING sensor_id, ts"
 )
-# From the batch's partials per (sensor, minute): the rows the rollup refresher merges, and
-# sensor_latest, which moves only forward in time (a late reading never replaces a newer
-# one). Sorted by sensor, so concurrent writers lock its rows in the same order.
-TOUCH = b"""
-    WITH pending AS (INSERT INTO rollup_pending SELECT * FROM ingest_touch)
+# The newest reading of each sensor of the batch moves sensor_latest, only forward in time (a
+# late reading never replaces a newer one). Sorted by sensor, so concurrent writers lock its
+# rows in the same order.
+UPSERT_LATEST = b"""
     INSERT INTO sensor_latest AS l (sensor_id, ts, value, received_at)
-    SELECT DISTINCT ON (sensor_id) sensor_id, last_ts, last_value, now()
-      FROM ingest_touch ORDER BY sensor_id, last_ts DESC
+    SELECT s, t, v, now() FROM unnest(%s::text[], %s::timestamptz[], %s::float8[]) AS u(s, t, v)
     ON CONFLICT (sensor_id) DO UPDATE
        SET ts = excluded.ts, value = excluded.value, received_at = excluded.received_at
      WHERE excluded.ts > l.ts
@@ -183,13 +182,20 @@ class Store:
         return out
 
     async def _touch(self, rows: list[Row]) -> None:
-        """Rollup partials and sensor_latest of the new rows: one COPY, one statement."""
-        await self._copy(
-            COPY_TOUCH,
-            TOUCH_TYPES,
-            ((s, b, *p) for (s, b), p in minute_partials(rows).items()),
+        """Rollup partials (one COPY, merged later by the refresher: :mod:`ingest.rollups`)
+        and sensor_latest (one statement) of the new rows."""
+        partials = minute_partials(rows)
+        await self._copy(COPY_PENDING, TOUCH_TYPES, ((s, b, *p) for (s, b), p in partials.items()))
+        newest: dict[str, list[Any]] = {}
+        for (sensor, _), part in partials.items():
+            seen = newest.get(sensor)
+            if seen is None or part[4] > seen[4]:
+                newest[sensor] = part
+        sensors = sorted(newest)
+        await self._conn.execute(
+            UPSERT_LATEST,
+            (sensors, [newest[s][4] for s in sensors], [newest[s][5] for s in sensors]),
         )
-        await self._conn.execute(TOUCH)
 
     async def _prepare(self, rows: list[Row], energy: list[Good]) -> None:
         """Staging table of this session, and the monthly partitions the rows need."""
@@ -197,8 +203,9 @@ class Store:
             for statement in STAGING:
                 await self._conn.execute(statement)
             self._staged = True
-        months = {(r[1].year, r[1].month) for r in rows}
-        months.update((g.ts.year, g.ts.month) for g in energy)
+        stamps = set(map(itemgetter(1), rows))
+        stamps.update(g.ts for g in energy)
+        months = {(t.year, t.month) for t in stamps}
         for year, month in sorted(months - self._months):
             first = datetime(year, month, 1, tzinfo=UTC)
             await self._conn.execute("SELECT ensure_readings_partition(%s)", (first,))
