@@ -42,6 +42,7 @@ class Reason(StrEnum):
     NON_FINITE = "non_finite_value"
     OUT_OF_RANGE = "out_of_range"
     REGISTER_BACKWARDS = "register_backwards"
+    REJECTED_BY_DATABASE = "rejected_by_database"  # the database refused the reading itself
 
 
 class PayloadError(ValueError):

@@ -11,7 +11,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 
 from core.payload import Reason
-from ingest.validate import StoreReason
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class IngestMetrics:
         self.dead = Counter(
             "upstairs_ingest_dead_letters", "dead-letter rows by reason", ["reason"], registry=r
         )
-        for reason in (*Reason, StoreReason.REJECTED):
+        for reason in Reason:
             self.dead.labels(str(reason))
         self.batches = Counter(
             "upstairs_ingest_batches", "committed batches by path", ["path"], registry=r

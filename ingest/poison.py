@@ -16,8 +16,9 @@ from dataclasses import replace
 
 import psycopg
 
+from core.payload import Reason
 from ingest.store import Store, WriteOutcome
-from ingest.validate import Checked, DeadLetter, Good, Parsed, Row, StoreReason, reading_payload
+from ingest.validate import Checked, DeadLetter, Good, Parsed, Row, reading_payload
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,6 @@ def _rejected(checked: Checked, message: Parsed, error: psycopg.Error) -> list[D
 
 def _letter(message: Parsed, raw: object, detail: str, sensor: str) -> DeadLetter:
     letter = DeadLetter(
-        message.received_at, message.topic_name, b"", StoreReason.REJECTED, detail, sensor
+        message.received_at, message.topic_name, b"", Reason.REJECTED_BY_DATABASE, detail, sensor
     )
     return replace(letter, payload=reading_payload(raw))

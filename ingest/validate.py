@@ -14,7 +14,6 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, NamedTuple
 
 from core.building import SensorKind
@@ -30,18 +29,12 @@ _ENERGY = SensorKind.ENERGY
 _PLAIN_RANGES = {kind: (r.low, r.high) for kind, r in RANGES.items() if kind is not SensorKind.FIRE}
 
 
-class StoreReason(StrEnum):
-    """Refusals by the database itself (a reading that makes every write of it fail)."""
-
-    REJECTED = "rejected_by_database"
-
-
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     received_at: datetime
     topic: str
     payload: bytes
-    reason: Reason | StoreReason
+    reason: Reason
     detail: str
     sensor_id: str | None = None
 
