@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, Field
 from api.auth import Principal, Scope, ScopeDep
 from api.common import ID_PATTERN, _Strict, forbid_unknown_query, not_found, responses
 from api.db import Connection
-from api.live import redact_for_tenant
+from api.live import redact_actors, redact_for_tenant
 from core.alert_types import (
     FIRE_RULES,
     AlertState,
@@ -197,7 +197,10 @@ async def _act(
             )
         await asyncio.sleep(0.05)
     if done["result"] != "done":
-        raise HTTPException(409, done["detail"] or "refused by the alert engine")
+        detail = done["detail"] or "refused by the alert engine"
+        if not p.is_operator and p.tenant_id is not None:
+            detail = redact_actors(detail, p.tenant_id)  # "already acknowledged by ..."
+        raise HTTPException(409, detail)
     cur = await s.conn.execute(_SELECT + " WHERE a.id = %s", (alert_id,))
     row = await cur.fetchone()
     if row is None:

@@ -64,6 +64,9 @@ class Principal:
 
     @property
     def actor(self) -> str:
+        """Who acted, as alerts record it; a tenant's names its tenant (redaction needs it)."""
+        if self.role == "tenant":
+            return f"tenant:{self.tenant_id}/{self.name} (token {self.token_id})"
         return f"{self.role}:{self.name} (token {self.token_id})"
 
     def sees_building(self, building: str) -> bool:

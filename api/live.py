@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,10 +130,25 @@ _NEIGHBOUR_KEEP = ("id", "building", "rule", "floor", "tenants", "severity", "st
                    "condition_active", "opened_at", "resolved_at", "evacuation")  # fmt: skip
 
 
+_OTHER_TENANT_ACTOR = re.compile(r"tenant:(?P<tenant>[^/\s]*)/\S* \(token \d+\)")
+
+
+def redact_actors(text: str, tenant: str) -> str:
+    """``text`` with every other tenant's actor (name and token) replaced by "another tenant"."""
+    return _OTHER_TENANT_ACTOR.sub(
+        lambda m: m.group(0) if m.group("tenant") == tenant else "another tenant", text
+    )
+
+
 def redact_for_tenant(alert: dict[str, Any], tenant: str, own_zones: set[str]) -> dict[str, Any]:
-    """Keep only what ``tenant`` may see of an alert (a dict of ``AlertView`` fields)."""
+    """Keep only what ``tenant`` may see of an alert (a dict of ``AlertView`` fields): no
+    other tenant's id, staff or token (who acknowledged or resolved it), and of a zone it
+    does not lease only the floor and the advice."""
     alert = dict(alert)
     alert["tenants"] = [tenant]
+    for key in ("acknowledged_by", "resolved_by"):
+        if isinstance(alert.get(key), str):
+            alert[key] = redact_actors(alert[key], tenant)
     if alert.get("evacuation"):
         evacuation = dict(alert["evacuation"])
         evacuation["tenants"] = [t for t in evacuation.get("tenants", []) if t["id"] == tenant]
@@ -183,7 +199,11 @@ def for_principal(
     data = message.model_dump(mode="json")
     if not p.is_operator and p.tenant_id is not None:
         data["alert"] = redact_for_tenant(data["alert"], p.tenant_id, own_zones or set())
-        data["actor"] = "engine" if data["actor"] == "engine" else "operator"
+        actor = data["actor"]
+        if actor.startswith("tenant:"):
+            data["actor"] = redact_actors(actor, p.tenant_id)
+        elif actor != "engine":
+            data["actor"] = "operator"
         data["detail"] = None
     return {"type": "alert_event", "data": data}
 

@@ -96,7 +96,7 @@ def test_alert_actions_go_through_the_engine(tower: str) -> None:
         actors = conn.execute("SELECT actor FROM alert_commands ORDER BY id").fetchall()
         audited = conn.execute("SELECT count(*) FROM audit_log WHERE action LIKE 'alert.%'")
         assert audited.fetchone() == (len(actors),)
-    assert "tenant:test-tenant-voltcab" in actors[1][0]
+    assert "tenant:voltcab/test-tenant-voltcab" in actors[1][0]
 
 
 def test_sign_in_cookie_sign_out_and_throttle(tower: str) -> None:

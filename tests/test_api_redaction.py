@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from api.live import redact_for_tenant
+from api.live import redact_actors, redact_for_tenant
 
 FIRE = {
     "id": 7,
@@ -85,3 +85,62 @@ def test_alert_list_redacts_a_neighbours_fire_for_a_tenant(db_url: str) -> None:
     for secret in (zone.id, owner, "ref-f03-fire-z1"):
         assert secret not in text, secret
     assert "evacuate floors 2, 3, 4" in theirs.json()[0]["message"]
+
+
+def test_other_tenants_staff_and_tokens_are_not_shown() -> None:
+    """A floor-wide alert (no zone) is shown whole to the floor's tenants, except who of
+    another tenant acknowledged or resolved it."""
+    floor_power = FIRE | {
+        "rule": "floor_power",
+        "zone": None,
+        "sensor": None,
+        "evacuation": None,
+        "acknowledged_by": "tenant:rackline/night-shift (token 12)",
+        "resolved_by": "operator:desk (token 1)",
+    }
+    seen = redact_for_tenant(floor_power, "siliconlab", own_zones=set())
+    assert seen["acknowledged_by"] == "another tenant"
+    assert seen["resolved_by"] == "operator:desk (token 1)"
+    assert "night-shift" not in repr(seen) and "token 12" not in repr(seen)
+    own = redact_for_tenant(floor_power, "rackline", own_zones=set())
+    assert own["acknowledged_by"] == "tenant:rackline/night-shift (token 12)"
+    refusal = "already acknowledged by tenant:rackline/night-shift (token 12)"
+    assert redact_actors(refusal, "siliconlab") == "already acknowledged by another tenant"
+    assert redact_actors(refusal, "rackline") == refusal
+
+
+def test_alert_list_hides_who_of_another_tenant_acknowledged(db_url: str) -> None:
+    """GET /api/v1/alerts for two tenants of one floor: each sees its own staff, not the
+    other's (the actor is recorded as the API's Principal.actor names it)."""
+    import psycopg
+
+    from api.auth import Principal
+    from core.building_file import load_building
+    from tests.api_helpers import apply, bearer, client, token
+    from tests.conftest import REF_TOWER
+
+    building = load_building(REF_TOWER)
+    apply(db_url, building)
+    today = date.today()
+    by_floor: dict[int, set[str]] = {}
+    for z in building.zones:
+        if (t := building.tenant_of_zone(z.id, today)) is not None:
+            by_floor.setdefault(z.floor, set()).add(t)
+    floor, tenants = next((f, sorted(ts)) for f, ts in sorted(by_floor.items()) if len(ts) > 1)
+    actor_tenant, viewer = tenants[0], tenants[1]
+    actor = Principal(99, "tenant", "night-shift", "ref-tower", actor_tenant).actor
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "INSERT INTO alerts (building_id, rule, subject, floor, tenant_ids, severity, state,"
+            " latched, condition_active, message, opened_at, acknowledged_at, acknowledged_by)"
+            " VALUES ('ref-tower', 'floor_power', %s, %s, %s, 'warning', 'acknowledged', false,"
+            " true, 'floor power over capacity', now(), now(), %s)",
+            (f"floor:{floor}", floor, [actor_tenant, viewer], actor),
+        )
+    with client(db_url) as c:
+        theirs = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", viewer)))
+        mine = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", actor_tenant)))
+    assert theirs.status_code == 200 and len(theirs.json()) == 1
+    assert theirs.json()[0]["acknowledged_by"] == "another tenant"
+    assert "night-shift" not in theirs.text and actor_tenant not in theirs.text
+    assert mine.json()[0]["acknowledged_by"] == actor
