@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import random
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -130,14 +129,25 @@ _NEIGHBOUR_KEEP = ("id", "building", "rule", "floor", "tenants", "severity", "st
                    "condition_active", "opened_at", "resolved_at", "evacuation")  # fmt: skip
 
 
-_OTHER_TENANT_ACTOR = re.compile(r"tenant:(?P<tenant>[^/\s]*)/\S* \(token \d+\)")
-
-
 def redact_actors(text: str, tenant: str) -> str:
-    """``text`` with every other tenant's actor (name and token) replaced by "another tenant"."""
-    return _OTHER_TENANT_ACTOR.sub(
-        lambda m: m.group(0) if m.group("tenant") == tenant else "another tenant", text
-    )
+    """``text`` with any other tenant's actor cut to "another tenant" (fails closed).
+
+    Actors are ``tenant:<tenant>/<token name> (token N)``; a token name is free text, so an
+    actor is not matched by pattern: from the first ``tenant:`` that is not ``tenant``'s own
+    to the end of the text, everything is replaced (the engine puts an actor last, as in
+    "already acknowledged by <actor>"). An actor in the old form (no tenant id) counts as
+    another tenant's.
+    """
+    own = f"tenant:{tenant}/"
+    start = 0
+    while (found := text.find("tenant:", start)) >= 0:
+        if not text.startswith(own, found):
+            return text[:found] + "another tenant"
+        start = found + len(own)
+        if (end := text.find(")", start)) < 0:
+            return text
+        start = end
+    return text
 
 
 def redact_for_tenant(alert: dict[str, Any], tenant: str, own_zones: set[str]) -> dict[str, Any]:

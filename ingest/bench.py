@@ -157,6 +157,8 @@ def run(
         register(url, plan)
         logger.info("measuring the COPY ceiling (%d rows)", readings)
         ceiling_before, ceiling_cpu = copy_ceiling(ceiling_url, plan)
+        with psycopg.connect(ceiling_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE readings")  # nothing left for autovacuum meanwhile
         address = parse_mqtt_url(mqtt_url)
         sample = plan.messages([0])[: max(1, min(20_000, readings // batch // FLOORS))]
         logger.info("measuring the broker (%d messages)", len(sample))
@@ -213,6 +215,9 @@ def run(
         }
         for proc in procs:
             proc.join(timeout=60)
+            if proc.is_alive():  # stalled (the loop above gave up): the counts say what is lost
+                proc.terminate()
+                proc.join()
         for ingester in procs_in:
             ingester.send_signal(signal.SIGTERM)
         for ingester in procs_in:
@@ -220,8 +225,6 @@ def run(
         procs_in = []
         # The ceiling again, now that the ingester is gone: the higher of the two counts, so
         # a busy moment during one of them cannot flatter the ratio.
-        with psycopg.connect(ceiling_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE readings")
         logger.info("measuring the COPY ceiling again")
         ceiling_after, cpu_after = copy_ceiling(ceiling_url, plan)
         ceiling = max(ceiling_before, ceiling_after)

@@ -56,6 +56,7 @@ INSERT_NEW = (
 UPSERT_LATEST = b"""
     INSERT INTO sensor_latest AS l (sensor_id, ts, value, received_at)
     SELECT s, t, v, now() FROM unnest(%s::text[], %s::timestamptz[], %s::float8[]) AS u(s, t, v)
+     ORDER BY s
     ON CONFLICT (sensor_id) DO UPDATE
        SET ts = excluded.ts, value = excluded.value, received_at = excluded.received_at
      WHERE excluded.ts > l.ts

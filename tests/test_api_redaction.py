@@ -107,6 +107,14 @@ def test_other_tenants_staff_and_tokens_are_not_shown() -> None:
     refusal = "already acknowledged by tenant:rackline/night-shift (token 12)"
     assert redact_actors(refusal, "siliconlab") == "already acknowledged by another tenant"
     assert redact_actors(refusal, "rackline") == refusal
+    # token names are free text: spaces, parentheses, slashes, the old form without tenant
+    for name in ("night shift", "Jane (night)", "a/b\tc", "x (token 3) y"):
+        actor = f"tenant:rack.line-2/{name} (token 12)"
+        assert redact_actors(actor, "siliconlab") == "another tenant", name
+        assert redact_actors(f"by {actor}", "rack.line-2") == f"by {actor}", name
+    assert redact_actors("tenant:night-shift (token 12)", "siliconlab") == "another tenant"
+    mixed = "tenant:siliconlab/me (token 1) and tenant:rackline/you (token 2)"
+    assert redact_actors(mixed, "siliconlab") == "tenant:siliconlab/me (token 1) and another tenant"
 
 
 def test_alert_list_hides_who_of_another_tenant_acknowledged(db_url: str) -> None:
