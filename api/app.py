@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from api import (
     alerts,
+    bills,
     buildings,
     floors,
     history,
@@ -87,7 +88,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for module in (buildings, floors, history, tenants, alerts, loadcheck, session, live):
+    for module in (buildings, floors, history, tenants, bills, alerts, loadcheck, session, live):
         app.include_router(module.router)
     for page in (pages_operator, pages_alerts, pages_tenant):
         app.include_router(page.router)

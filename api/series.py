@@ -102,17 +102,39 @@ def source(step: Step) -> tuple[str, str]:
 
 
 def bin_sql(step: Step, column: str) -> str:
-    """SQL of a row's bin start; binds ``%(tz)s`` (1d) or ``%(width)s``/``%(origin)s``."""
+    """SQL of a row's bin key; binds ``%(edges)s`` (1d) or ``%(width)s``/``%(origin)s``.
+
+    The key is the bin's start, except for a local day (1d): the day's number in the range's
+    local midnights (``edges``, computed once per request), found by binary search, so no row
+    needs a time zone lookup; :func:`bin_start_sql` turns a key into the bin's start.
+    """
     if step in (Step.RAW, Step.M1, Step.H1):
         return column
     if step is Step.D1:
-        return f"date_trunc('day', {column}, %(tz)s)"
+        return f"width_bucket({column}, %(edges)s::timestamptz[])"
     return f"date_bin(%(width)s, {column}, %(origin)s)"
 
 
-def bin_params(step: Step, tz: ZoneInfo) -> dict[str, Any]:
+def bin_start_sql(step: Step, key: str) -> str:
+    """SQL of the start of the bin whose :func:`bin_sql` key is ``key``."""
+    return f"(%(edges)s::timestamptz[])[{key}]" if step is Step.D1 else key
+
+
+def day_edges(tz: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    """The local midnights from the one at or before ``start`` to the first at or after ``end``."""
+    day = start.astimezone(tz).date()
+    out = []
+    while True:
+        edge = datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+        out.append(edge)
+        if edge >= end:
+            return out
+        day += timedelta(days=1)
+
+
+def bin_params(step: Step, tz: ZoneInfo, start: datetime, end: datetime) -> dict[str, Any]:
     return {
-        "tz": tz.key,
+        "edges": day_edges(tz, start, end) if step is Step.D1 else [],
         "width": _WIDTH.get(step, timedelta(minutes=1)),
         "origin": datetime(2000, 1, 1, tzinfo=tz),
     }

@@ -42,6 +42,11 @@ class ApiSettings(DatabaseSettings, MqttSettings):
         description="serve the same read to the same principal class from memory this long"
         " (live floors, history, tenant power and bills); 0 = off",
     )
+    api_bill_cache: bool = Field(
+        default=True,
+        description="keep computed bills while a stamp of their data is unchanged (docs/api.md,"
+        " Bills); false = compute every bill from the rollups",
+    )
     api_command_timeout_s: float = Field(
         default=3.0, gt=0, le=60, description="how long to wait for the alert engine"
     )

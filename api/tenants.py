@@ -1,4 +1,5 @@
-"""A tenant's power and bill: ``/api/v1/tenants/{tenant}/power`` and ``.../bill``.
+"""A tenant's power (``/api/v1/tenants/{tenant}/power``) and what it shares with the bill
+(:mod:`api.bills`): who the tenant is, its meters and when they are its.
 
 Tenant ids are unique per building only: ``?building=`` names the building; it may be left
 out by a tenant (its own) and by an operator when one building has a tenant of that id.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -31,10 +31,18 @@ from api.common import (
     responses,
 )
 from api.db import PoolDep
-from api.series import From, Step, StepQuery, To, bin_params, bin_sql, choose_step, source
+from api.series import (
+    From,
+    Step,
+    StepQuery,
+    To,
+    bin_params,
+    bin_sql,
+    bin_start_sql,
+    choose_step,
+    source,
+)
 from api.series import time_range as _range
-from core.billing import bin_minutes, compute_bill, month_bounds
-from core.building import Tariff
 
 router = APIRouter(prefix="/api/v1", tags=["tenants"], dependencies=[Depends(forbid_unknown_query)])
 
@@ -43,7 +51,7 @@ BuildingQuery = Annotated[
     str | None, Query(pattern=ID_PATTERN, description="building of the tenant")
 ]
 Format = Annotated[Literal["json", "csv"], Query(description="json (default) or csv")]
-_CSV: dict[int | str, dict[str, Any]] = {
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
 }
 
@@ -60,6 +68,13 @@ SELECT s.id, s.kind, l.valid_from::timestamp AT TIME ZONE bl.timezone,
   JOIN buildings bl ON bl.id = s.building_id
  WHERE s.building_id = %(b)s AND s.tenant_id IS NULL AND l.tenant_id = %(t)s
    AND s.kind IN ('power', 'energy')
+"""
+
+
+# The same with unbounded windows as NULL (Python has no infinite datetime).
+METER_WINDOWS_SQL = f"""
+SELECT id, kind, nullif(from_ts, '-infinity') AS from_ts, nullif(to_ts, 'infinity') AS to_ts
+  FROM ({METERS_SQL}) m
 """
 
 
@@ -104,7 +119,7 @@ class PowerSeries(_Strict):
 @router.get(
     "/tenants/{tenant}/power",
     response_model=PowerSeries,
-    responses={**responses(404), **_CSV},
+    responses={**responses(404), **CSV_RESPONSE},
     summary="A tenant's kW and kWh per step",
 )
 async def tenant_power(
@@ -132,10 +147,10 @@ async def tenant_power(
         if format == "csv":
             lines = [("start", "power_kw", "energy_kwh")]
             lines += [
-                (t.isoformat(), _cell(kw), _cell(kwh))
+                (t.isoformat(), cell(kw), cell(kwh))
                 for t, kw, kwh in zip(series.t, series.power_kw, series.energy_kwh, strict=True)
             ]
-            return _csv(lines, f"{tenant}-power.csv")
+            return csv_response(lines, f"{tenant}-power.csv")
         return json_response(series)
 
     return await cached(request, who, make)
@@ -146,234 +161,52 @@ async def _power(
 ) -> PowerSeries:
     row = await resolve_tenant(s, tenant, building)
     tz = ZoneInfo(row["timezone"])
+    params: dict[str, Any] = {"b": row["building_id"], "t": tenant, "start": first, "end": last}
+    cur = await s.conn.execute(METER_WINDOWS_SQL, params)
+    meters = await cur.fetchall()
     table, column = source(step)
-    bin_expr = bin_sql(step, f"r.{column}")
+    # per meter and bin, then per bin: the meters' windows come as arrays (no join to plan)
     query = (
-        f"WITH m AS ({METERS_SQL}),"
-        f" per_meter AS (SELECT {bin_expr} AS bin, m.id, m.kind,"
-        "   sum(r.sum) / sum(r.count) AS avg, sum(r.energy_kwh) AS kwh"
-        f"   FROM m JOIN {table} r ON r.sensor_id = m.id"
-        f"    AND r.{column} >= greatest(m.from_ts, %(start)s)"
-        f"    AND r.{column} < least(m.to_ts, %(end)s)"
-        "  GROUP BY 1, 2, 3)"
-        " SELECT bin, sum(avg) FILTER (WHERE kind = 'power') AS kw,"
+        f"SELECT {bin_start_sql(step, 'k')} AS bin,"
+        "        sum(avg) FILTER (WHERE kind = 'power') AS kw,"
         "        sum(kwh) FILTER (WHERE kind = 'energy') AS kwh"
-        "   FROM per_meter GROUP BY bin ORDER BY bin"
+        f"  FROM (SELECT {bin_sql(step, f'r.{column}')} AS k, m.id, m.kind,"
+        "               sum(r.sum) / sum(r.count) AS avg, sum(r.energy_kwh) AS kwh"
+        "          FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(froms)s::timestamptz[],"
+        "                      %(tos)s::timestamptz[]) m (id, kind, from_ts, to_ts)"
+        f"         JOIN {table} r ON r.sensor_id = m.id"
+        f"          AND r.{column} >= greatest(m.from_ts, %(start)s)"
+        f"          AND r.{column} < least(m.to_ts, %(end)s)"
+        "         GROUP BY 1, 2, 3) per_meter"
+        " GROUP BY k ORDER BY k"
     )
-    params = {"b": row["building_id"], "t": tenant, "start": first, "end": last}
-    params.update(bin_params(step, tz))
+    params |= {
+        "ids": [m["id"] for m in meters],
+        "kinds": [m["kind"] for m in meters],
+        "froms": [m["from_ts"] for m in meters],
+        "tos": [m["to_ts"] for m in meters],
+    }
+    params.update(bin_params(step, tz, first, last))
     cur = await s.conn.execute(query, params)
     bins = await cur.fetchall()
-    cur = await s.conn.execute(f"SELECT DISTINCT id FROM ({METERS_SQL}) m ORDER BY id", params)
-    meters = [r["id"] for r in await cur.fetchall()]
     return PowerSeries(
         building=row["building_id"],
         tenant=tenant,
         step=step,
         start=first,
         end=last,
-        meters=meters,
+        meters=sorted({m["id"] for m in meters}),
         t=[b["bin"] for b in bins],
         power_kw=[None if b["kw"] is None else round(b["kw"], 3) for b in bins],
         energy_kwh=[None if b["kwh"] is None else round(b["kwh"], 4) for b in bins],
     )
 
 
-class BillPeriod(_Strict):
-    name: str
-    price_per_kwh: float
-    kwh: float
-    cost: float
-
-
-class Bill(_Strict):
-    building: str
-    tenant: str
-    tenant_name: str
-    month: str = Field(description="YYYY-MM, a calendar month in the building's timezone")
-    timezone: str
-    start: datetime
-    end: datetime
-    currency: str
-    periods: list[BillPeriod]
-    total_kwh: float
-    total_cost: float
-    peak_demand_kw: float | None = Field(description="highest 15-minute mean demand")
-    peak_demand_at: datetime | None = Field(description="start of that quarter hour")
-    contracted_kw: float
-    contract_utilisation_pct: float | None = Field(description="peak demand / contracted kW")
-    meters: list[str]
-    bin_minutes: int = Field(description="width of the bins the bill was summed from")
-    bins_with_data: int
-
-
-async def _tariff(s: Scope, building: str, tariff_id: str) -> Tariff:
-    cur = await s.conn.execute(
-        "SELECT t.currency, p.name, p.price_per_kwh,"
-        "       array_agg(w.start_minute ORDER BY w.start_minute) AS starts,"
-        "       array_agg(w.end_minute ORDER BY w.start_minute) AS ends"
-        "  FROM tariffs t JOIN tariff_periods p ON p.building_id = t.building_id"
-        "   AND p.tariff_id = t.id"
-        "  JOIN tariff_windows w ON w.building_id = p.building_id AND w.tariff_id = p.tariff_id"
-        "   AND w.period = p.name"
-        " WHERE t.building_id = %s AND t.id = %s GROUP BY t.currency, p.name, p.price_per_kwh",
-        (building, tariff_id),
-    )
-    rows = await cur.fetchall()
-    if not rows:
-        raise not_found(f"tariff {tariff_id!r}")
-    return Tariff(
-        id=tariff_id,
-        currency=rows[0]["currency"],
-        periods=[
-            {
-                "name": r["name"],
-                "price_per_kwh": float(r["price_per_kwh"]),
-                "windows": [
-                    f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"
-                    for a, b in zip(r["starts"], r["ends"], strict=True)
-                ],
-            }
-            for r in rows
-        ],
-    )
-
-
-_CACHE_SIZE = 512
-
-
-def bill_cache(request: Request) -> OrderedDict[tuple[Any, ...], Bill]:
-    cache: OrderedDict[tuple[Any, ...], Bill] = request.state.bill_cache
-    return cache
-
-
-@router.get(
-    "/tenants/{tenant}/bill",
-    response_model=Bill,
-    responses={**responses(404), **_CSV},
-    summary="A tenant's bill for a month: kWh and cost per time-of-use period, peak demand",
-)
-async def tenant_bill(
-    request: Request,
-    who: PrincipalDep,
-    pool: PoolDep,
-    tenant: TenantPath,
-    month: Annotated[str, Query(pattern=r"^(19[7-9][0-9]|2[01][0-9][0-9])-(0[1-9]|1[0-2])$")],
-    *,
-    building: BuildingQuery = None,
-    format: Format = "json",
-) -> Response:
-    check_tenant(who, tenant, building)
-
-    async def make() -> Response:
-        async with open_scope(pool, who) as s:
-            bill = await _bill(request, s, tenant, building, month)
-        if format == "csv":
-            lines = [("period", "price_per_kwh", "kwh", "cost", "currency")]
-            lines += [
-                (p.name, _cell(p.price_per_kwh), _cell(p.kwh), _cell(p.cost), bill.currency)
-                for p in bill.periods
-            ]
-            lines.append(
-                ("total", "", _cell(bill.total_kwh), _cell(bill.total_cost), bill.currency)
-            )
-            lines.append(("peak_demand_kw", "", _cell(bill.peak_demand_kw), "", ""))
-            lines.append(
-                ("contract_utilisation_pct", "", _cell(bill.contract_utilisation_pct), "", "")
-            )
-            return _csv(lines, f"{tenant}-bill-{month}.csv")
-        return json_response(bill)
-
-    return await cached(request, who, make)
-
-
-async def _bill(request: Request, s: Scope, tenant: str, building: str | None, month: str) -> Bill:
-    """The month's bill: from the per-process bill cache while its data stamp is unchanged."""
-    row = await resolve_tenant(s, tenant, building)
-    tz = ZoneInfo(row["timezone"])
-    year, mon = int(month[:4]), int(month[5:])
-    start, end = month_bounds(tz, year, mon)
-    params = {"b": row["building_id"], "t": tenant, "start": start, "end": end}
-    # Every stored reading moves an hourly rollup's count: a cheap, exact version stamp.
-    cur = await s.conn.execute(
-        f"WITH m AS ({METERS_SQL})"
-        " SELECT coalesce(sum(r.count), 0) AS n, sum(r.energy_kwh) AS kwh,"
-        "        max(r.last_ts) AS last, array_agg(DISTINCT m.id) AS ids"
-        "   FROM m JOIN rollups_1h r ON r.sensor_id = m.id AND m.kind = 'energy'"
-        "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)",
-        params,
-    )
-    stamp = await cur.fetchone()
-    assert stamp is not None
-    key = (row["building_id"], tenant, month, stamp["n"], stamp["kwh"], stamp["last"])
-    cache = bill_cache(request)
-    bill = cache.get(key)
-    if bill is None:
-        bill = await _compute(s, row, month, start=start, end=end, tz=tz)
-        cache[key] = bill
-        while len(cache) > _CACHE_SIZE:
-            cache.popitem(last=False)
-    else:
-        cache.move_to_end(key)
-    return bill
-
-
-async def _compute(
-    s: Scope, row: dict[str, Any], month: str, *, start: datetime, end: datetime, tz: ZoneInfo
-) -> Bill:
-    tariff = await _tariff(s, row["building_id"], row["tariff_id"])
-    width = bin_minutes(tariff, tz, start, end)
-    params = {
-        "b": row["building_id"],
-        "t": row["id"],
-        "start": start,
-        "end": end,
-        "width": timedelta(minutes=width),
-    }
-    cur = await s.conn.execute(
-        f"WITH m AS ({METERS_SQL})"
-        " SELECT date_bin(%(width)s, r.bucket, %(start)s) AS bin, sum(r.energy_kwh) AS kwh"
-        "   FROM m JOIN rollups_1m r ON r.sensor_id = m.id AND m.kind = 'energy'"
-        "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)"
-        "  WHERE r.energy_kwh IS NOT NULL GROUP BY 1",
-        params,
-    )
-    bins = [(b["bin"], b["kwh"]) for b in await cur.fetchall()]
-    cur = await s.conn.execute(
-        f"SELECT DISTINCT id FROM ({METERS_SQL}) m WHERE kind = 'energy' ORDER BY id", params
-    )
-    meters = [r["id"] for r in await cur.fetchall()]
-    computed = compute_bill(tariff, tz, row["contracted_kw"], bins)
-    return Bill(
-        building=row["building_id"],
-        tenant=row["id"],
-        tenant_name=row["name"],
-        month=month,
-        timezone=tz.key,
-        start=start,
-        end=end,
-        currency=computed.currency,
-        periods=[
-            BillPeriod(name=p.name, price_per_kwh=p.price_per_kwh, kwh=p.kwh, cost=p.cost)
-            for p in computed.periods
-        ],
-        total_kwh=computed.total_kwh,
-        total_cost=computed.total_cost,
-        peak_demand_kw=computed.peak_demand_kw,
-        peak_demand_at=computed.peak_demand_at,
-        contracted_kw=computed.contracted_kw,
-        contract_utilisation_pct=computed.contract_utilisation_pct,
-        meters=meters,
-        bin_minutes=width,
-        bins_with_data=computed.bins_with_data,
-    )
-
-
-def _cell(value: float | None) -> str:
+def cell(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
-def _csv(lines: Sequence[Sequence[str]], filename: str) -> Response:
+def csv_response(lines: Sequence[Sequence[str]], filename: str) -> Response:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(lines)
     return Response(

@@ -11,7 +11,7 @@
     try {
       const h = await UP.getJSON(url);
       const series = h.series.map((s) => ({
-        label: s.zone || s.sensor, t: s.t, v: metric === "load" ? s.max : s.avg,
+        label: s.zone || s.sensor, t: h.t || s.t, v: metric === "load" ? s.max : s.avg,
       }));
       CHARTS.lines(el, series, el.dataset.unit, { yMin: 0, from: from.toISOString(), to: to.toISOString() });
     } catch (e) {

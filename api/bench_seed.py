@@ -1,0 +1,113 @@
+"""Seeding of ``upstairs bench api``: D days of 1-minute history for every sensor of a building.
+
+The last R days (``raw_days``) get readings and 1-minute rollups by binary COPY, and hourly
+rollups aggregated from them in SQL; the older D - R days get hourly rollups only (one row per
+sensor and hour, same value model). ``sensor_latest`` holds each sensor's newest minute.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from core.building import Building, SensorKind
+
+
+def _value(kind: SensorKind, i: int, minute: int, phase: int) -> float:
+    hour = (minute // 60 + 8) % 24
+    day = 0.6 + 0.4 * math.sin(math.pi * max(0, hour - 6) / 16) if 6 <= hour < 22 else 0.3
+    if kind is SensorKind.LOAD:
+        return 250.0 + 30 * math.sin((minute + phase) / 300)
+    if kind is SensorKind.POWER:
+        return 300.0 * day + (phase % 50)
+    if kind is SensorKind.TEMPERATURE:
+        return 24.0 + 3 * day
+    return 0.0
+
+
+def _rows(building: Building, start: datetime, minutes: int) -> Iterator[tuple[object, ...]]:
+    """(sensor, ts, value, energy_kwh) per sensor and minute; energy registers integrate kW."""
+    for i, sensor in enumerate(building.sensors):
+        register = 1000.0 * (i + 1)
+        for m in range(minutes):
+            ts = start + timedelta(minutes=m)
+            if sensor.kind is SensorKind.ENERGY:
+                kwh = _value(SensorKind.POWER, i, m, i) / 60
+                register += kwh
+                yield sensor.id, ts, register, (kwh if m else 0.0)
+            else:
+                yield sensor.id, ts, _value(sensor.kind, i, m, i * 37), None
+
+
+def _hour_rows(building: Building, start: datetime, hours: int) -> Iterator[tuple[object, ...]]:
+    """Hourly rollup rows for [start, start + hours): the value model at each hour's start."""
+    for i, sensor in enumerate(building.sensors):
+        register = 1000.0 * (i + 1)
+        for h in range(hours):
+            ts = start + timedelta(hours=h)
+            last = ts + timedelta(minutes=59)
+            if sensor.kind is SensorKind.ENERGY:
+                kwh = _value(SensorKind.POWER, i, h * 60, i)
+                register += kwh
+                yield (sensor.id, ts, 60, 60 * register, register - kwh, register, last,
+                       register, kwh)  # fmt: skip
+            else:
+                v = _value(sensor.kind, i, h * 60, i * 37)
+                yield sensor.id, ts, 60, 60 * v, v - 1.0, v + 1.0, last, v, None
+
+
+_ROLLUP_TYPES = ["text", "timestamptz", "int8", "float8", "float8", "float8", "timestamptz",
+                 "float8", "float8"]  # fmt: skip
+_ROLLUP_COLUMNS = "(sensor_id, bucket, count, sum, min, max, last_ts, last_value, energy_kwh)"
+
+
+def seed(
+    url: str, building: Building, days: int, now: datetime, raw_days: int | None = None
+) -> int:
+    """Seed ``days`` of history; readings and 1-minute rollups only for the last ``raw_days``."""
+    raw_days = days if raw_days is None else min(raw_days, days)
+    start = (now - timedelta(days=raw_days)).replace(second=0, microsecond=0)
+    minutes = int((now - start).total_seconds() // 60)
+    with psycopg.connect(url) as conn:
+        month = datetime(start.year, start.month, 1, tzinfo=UTC)
+        while month <= now:
+            conn.execute("SELECT ensure_readings_partition(%s)", (month,))
+            month = datetime(month.year + month.month // 12, month.month % 12 + 1, 1, tzinfo=UTC)
+        conn.commit()
+        n = 0
+        with conn.cursor() as cur:
+            with cur.copy("COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.set_types(["text", "timestamptz", "float8"])
+                for sensor, ts, value, _ in _rows(building, start, minutes):
+                    cp.write_row((sensor, ts, value))
+                    n += 1
+            with cur.copy(f"COPY rollups_1m {_ROLLUP_COLUMNS} FROM STDIN (FORMAT BINARY)") as cp:
+                cp.set_types(_ROLLUP_TYPES)
+                for sensor, ts, value, kwh in _rows(building, start, minutes):
+                    cp.write_row((sensor, ts, 1, value, value, value, ts, value, kwh))
+        conn.commit()
+        conn.execute(
+            "INSERT INTO rollups_1h (sensor_id, bucket, count, sum, min, max, last_ts,"
+            " last_value, energy_kwh)"
+            " SELECT sensor_id, date_trunc('hour', bucket, 'UTC'), sum(count), sum(sum),"
+            " min(min), max(max), max(last_ts), (array_agg(last_value ORDER BY last_ts DESC))[1],"
+            " sum(energy_kwh) FROM rollups_1m GROUP BY 1, 2"
+        )
+        older = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+        hours = int((start.replace(minute=0) - older).total_seconds() // 3600)
+        if hours > 0:
+            copy = f"COPY rollups_1h {_ROLLUP_COLUMNS} FROM STDIN (FORMAT BINARY)"
+            with conn.cursor() as cur, cur.copy(copy) as cp:
+                cp.set_types(_ROLLUP_TYPES)
+                for row in _hour_rows(building, older, hours):
+                    cp.write_row(row)
+        conn.execute(
+            "INSERT INTO sensor_latest (sensor_id, ts, value) SELECT DISTINCT ON (sensor_id)"
+            " sensor_id, last_ts, last_value FROM rollups_1m ORDER BY sensor_id, bucket DESC"
+        )
+        conn.commit()
+        conn.execute("ANALYZE")
+    return n

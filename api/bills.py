@@ -1,0 +1,230 @@
+"""A tenant's bill for a month: ``/api/v1/tenants/{tenant}/bill`` (rules: core.billing).
+
+kWh and cost per time-of-use period from the 1-minute rollups of the tenant's energy
+registers (its own always, a leased zone's for the lease's days), 15-minute peak demand and
+contract utilisation. A computed bill is kept per process while a stamp of its data is
+unchanged (docs/api.md, "Bills").
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import Field
+
+from api.auth import PrincipalDep, Scope, open_scope
+from api.common import _Strict, cached, forbid_unknown_query, json_response, not_found, responses
+from api.db import PoolDep
+from api.tenants import (
+    CSV_RESPONSE,
+    METERS_SQL,
+    BuildingQuery,
+    Format,
+    TenantPath,
+    cell,
+    check_tenant,
+    csv_response,
+    resolve_tenant,
+)
+from core.billing import bin_minutes, compute_bill, month_bounds
+from core.building import Tariff
+
+router = APIRouter(prefix="/api/v1", tags=["tenants"], dependencies=[Depends(forbid_unknown_query)])
+
+
+class BillPeriod(_Strict):
+    name: str
+    price_per_kwh: float
+    kwh: float
+    cost: float
+
+
+class Bill(_Strict):
+    building: str
+    tenant: str
+    tenant_name: str
+    month: str = Field(description="YYYY-MM, a calendar month in the building's timezone")
+    timezone: str
+    start: datetime
+    end: datetime
+    currency: str
+    periods: list[BillPeriod]
+    total_kwh: float
+    total_cost: float
+    peak_demand_kw: float | None = Field(description="highest 15-minute mean demand")
+    peak_demand_at: datetime | None = Field(description="start of that quarter hour")
+    contracted_kw: float
+    contract_utilisation_pct: float | None = Field(description="peak demand / contracted kW")
+    meters: list[str]
+    bin_minutes: int = Field(description="width of the bins the bill was summed from")
+    bins_with_data: int
+
+
+async def _tariff(s: Scope, building: str, tariff_id: str) -> Tariff:
+    cur = await s.conn.execute(
+        "SELECT t.currency, p.name, p.price_per_kwh,"
+        "       array_agg(w.start_minute ORDER BY w.start_minute) AS starts,"
+        "       array_agg(w.end_minute ORDER BY w.start_minute) AS ends"
+        "  FROM tariffs t JOIN tariff_periods p ON p.building_id = t.building_id"
+        "   AND p.tariff_id = t.id"
+        "  JOIN tariff_windows w ON w.building_id = p.building_id AND w.tariff_id = p.tariff_id"
+        "   AND w.period = p.name"
+        " WHERE t.building_id = %s AND t.id = %s GROUP BY t.currency, p.name, p.price_per_kwh",
+        (building, tariff_id),
+    )
+    rows = await cur.fetchall()
+    if not rows:
+        raise not_found(f"tariff {tariff_id!r}")
+    return Tariff(
+        id=tariff_id,
+        currency=rows[0]["currency"],
+        periods=[
+            {
+                "name": r["name"],
+                "price_per_kwh": float(r["price_per_kwh"]),
+                "windows": [
+                    f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"
+                    for a, b in zip(r["starts"], r["ends"], strict=True)
+                ],
+            }
+            for r in rows
+        ],
+    )
+
+
+_CACHE_SIZE = 512
+
+
+def bill_cache(request: Request) -> OrderedDict[tuple[Any, ...], Bill] | None:
+    """The process's bill cache; None when ``UPSTAIRS_API_BILL_CACHE`` is off."""
+    settings = getattr(request.app.state, "settings", None)
+    if not getattr(settings, "api_bill_cache", True):
+        return None
+    cache: OrderedDict[tuple[Any, ...], Bill] = request.state.bill_cache
+    return cache
+
+
+@router.get(
+    "/tenants/{tenant}/bill",
+    response_model=Bill,
+    responses={**responses(404), **CSV_RESPONSE},
+    summary="A tenant's bill for a month: kWh and cost per time-of-use period, peak demand",
+)
+async def tenant_bill(
+    request: Request,
+    who: PrincipalDep,
+    pool: PoolDep,
+    tenant: TenantPath,
+    month: Annotated[str, Query(pattern=r"^(19[7-9][0-9]|2[01][0-9][0-9])-(0[1-9]|1[0-2])$")],
+    *,
+    building: BuildingQuery = None,
+    format: Format = "json",
+) -> Response:
+    check_tenant(who, tenant, building)
+
+    async def make() -> Response:
+        async with open_scope(pool, who) as s:
+            bill = await _bill(request, s, tenant, building, month)
+        if format == "csv":
+            lines = [("period", "price_per_kwh", "kwh", "cost", "currency")]
+            lines += [
+                (p.name, cell(p.price_per_kwh), cell(p.kwh), cell(p.cost), bill.currency)
+                for p in bill.periods
+            ]
+            lines.append(("total", "", cell(bill.total_kwh), cell(bill.total_cost), bill.currency))
+            lines.append(("peak_demand_kw", "", cell(bill.peak_demand_kw), "", ""))
+            lines.append(
+                ("contract_utilisation_pct", "", cell(bill.contract_utilisation_pct), "", "")
+            )
+            return csv_response(lines, f"{tenant}-bill-{month}.csv")
+        return json_response(bill)
+
+    return await cached(request, who, make)
+
+
+async def _bill(request: Request, s: Scope, tenant: str, building: str | None, month: str) -> Bill:
+    """The month's bill: from the per-process bill cache while its data stamp is unchanged."""
+    row = await resolve_tenant(s, tenant, building)
+    tz = ZoneInfo(row["timezone"])
+    year, mon = int(month[:4]), int(month[5:])
+    start, end = month_bounds(tz, year, mon)
+    cache = bill_cache(request)
+    if cache is None:
+        return await _compute(s, row, month, start=start, end=end, tz=tz)
+    params = {"b": row["building_id"], "t": tenant, "start": start, "end": end}
+    # Every stored reading moves an hourly rollup's count: a cheap, exact version stamp.
+    cur = await s.conn.execute(
+        f"WITH m AS ({METERS_SQL})"
+        " SELECT coalesce(sum(r.count), 0) AS n, sum(r.energy_kwh) AS kwh,"
+        "        max(r.last_ts) AS last, array_agg(DISTINCT m.id) AS ids"
+        "   FROM m JOIN rollups_1h r ON r.sensor_id = m.id AND m.kind = 'energy'"
+        "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)",
+        params,
+    )
+    stamp = await cur.fetchone()
+    assert stamp is not None
+    key = (row["building_id"], tenant, month, stamp["n"], stamp["kwh"], stamp["last"])
+    bill = cache.get(key)
+    if bill is None:
+        bill = await _compute(s, row, month, start=start, end=end, tz=tz)
+        cache[key] = bill
+        while len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return bill
+
+
+async def _compute(
+    s: Scope, row: dict[str, Any], month: str, *, start: datetime, end: datetime, tz: ZoneInfo
+) -> Bill:
+    tariff = await _tariff(s, row["building_id"], row["tariff_id"])
+    width = bin_minutes(tariff, tz, start, end)
+    params = {
+        "b": row["building_id"],
+        "t": row["id"],
+        "start": start,
+        "end": end,
+        "width": timedelta(minutes=width),
+    }
+    cur = await s.conn.execute(
+        f"WITH m AS ({METERS_SQL})"
+        " SELECT date_bin(%(width)s, r.bucket, %(start)s) AS bin, sum(r.energy_kwh) AS kwh"
+        "   FROM m JOIN rollups_1m r ON r.sensor_id = m.id AND m.kind = 'energy'"
+        "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)"
+        "  WHERE r.energy_kwh IS NOT NULL GROUP BY 1",
+        params,
+    )
+    bins = [(b["bin"], b["kwh"]) for b in await cur.fetchall()]
+    cur = await s.conn.execute(
+        f"SELECT DISTINCT id FROM ({METERS_SQL}) m WHERE kind = 'energy' ORDER BY id", params
+    )
+    meters = [r["id"] for r in await cur.fetchall()]
+    computed = compute_bill(tariff, tz, row["contracted_kw"], bins)
+    return Bill(
+        building=row["building_id"],
+        tenant=row["id"],
+        tenant_name=row["name"],
+        month=month,
+        timezone=tz.key,
+        start=start,
+        end=end,
+        currency=computed.currency,
+        periods=[
+            BillPeriod(name=p.name, price_per_kwh=p.price_per_kwh, kwh=p.kwh, cost=p.cost)
+            for p in computed.periods
+        ],
+        total_kwh=computed.total_kwh,
+        total_cost=computed.total_cost,
+        peak_demand_kw=computed.peak_demand_kw,
+        peak_demand_at=computed.peak_demand_at,
+        contracted_kw=computed.contracted_kw,
+        contract_utilisation_pct=computed.contract_utilisation_pct,
+        meters=meters,
+        bin_minutes=width,
+        bins_with_data=computed.bins_with_data,
+    )

@@ -1,0 +1,53 @@
+"""The API benchmark works end to end at CI size: both phases, every endpoint, its schema gone;
+and its distinct questions are all different."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from api import bench
+from api.bench_client import ENDPOINTS, Questions
+
+
+def test_every_distinct_question_is_a_different_one() -> None:
+    tenants = ("a", "b", "c")
+    q = Questions("ref-tower", datetime(2026, 11, 22, tzinfo=UTC), "2026-11", "a", tenants,
+                  tuple(range(1, 11)))  # fmt: skip
+    for name in ("tenant_power_30d_by_day", "floor_load_24h_by_minute"):
+        asked = [q.ask(name, k) for k in range(1, 500)]
+        assert len(set(asked)) == len(asked), name
+    floors = {q.ask("floors_live", k)[0] for k in range(1, 9)}
+    assert floors == {"operator", *tenants}  # the live floors: every principal in turn
+    assert {q.ask("tenant_bill_month", k)[0] for k in range(1, 9)} == set(tenants)
+    assert q.ask("floor_load_24h_by_minute", 0) == q.ask("floor_load_24h_by_minute", 0)
+
+
+@pytest.mark.timeout(300)
+def test_bench_runs_both_phases_and_drops_its_schema(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UPSTAIRS_DATABASE_URL", pg_server_url)
+    argv = ["--days", "1", "--concurrency", "4", "--requests", "40", "--json"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out.strip().splitlines()[-1])
+    found = re.search(r"^schema (bench_[0-9a-f]+)$", out.err, re.MULTILINE)
+    assert found is not None, out.err
+    for name in ENDPOINTS:
+        distinct, cached = result[name], result[name]["cached"]
+        for figures in (distinct, cached):
+            assert figures["n"] == 40 and 0 < figures["p50_ms"] <= figures["p99_ms"]
+            assert figures["bytes"] > 0 and set(figures["cpu_ms_per_request"]) == {
+                "client",
+                "api",
+                "db",
+            }
+    assert result["ceiling_healthz"]["n"] == 40 and result["ceiling_select1"]["n"] == 40
+    with psycopg.connect(pg_server_url) as conn:
+        left = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (found[1],))
+        assert left.fetchone() is None
