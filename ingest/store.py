@@ -145,6 +145,7 @@ class Store:
         async with self._conn.transaction():
             # The bulk first, outside any lock, so concurrent writers overlap here.
             inserted = await self._insert(checked.rows, dedup)
+            registers: list[Row] = []
             if checked.energy:
                 # From here to the commit, the batch's registers are locked.
                 verdict = await self._judge_registers(checked.energy)
@@ -156,9 +157,10 @@ class Store:
                 ]
                 dead.extend(_backwards(g, self._energy_reset_kwh) for g in verdict.refused)
                 offered += len(accepted)
-                inserted += await self._insert(accepted, dedup)
+                registers = await self._insert(accepted, dedup)
+                inserted += registers
             if inserted:
-                await self._touch(inserted)
+                await self._touch(inserted, registers)
             if dead:
                 await self._dead_letters(dead)
         return WriteOutcome(len(inserted), offered - len(inserted), dead, dedup)
@@ -182,20 +184,24 @@ class Store:
                 out.append(row)
         return out
 
-    async def _touch(self, rows: list[Row]) -> None:
-        """Rollup partials (one COPY, merged later by the refresher: :mod:`ingest.rollups`)
-        and sensor_latest (one statement) of the new rows."""
+    async def _touch(self, rows: list[Row], registers: list[Row]) -> None:
+        """Rollup partials of the new rows (one COPY, merged later by the refresher, which
+        also moves ``sensor_latest``: :mod:`ingest.rollups`), and ``sensor_latest`` of the
+        new energy-register readings now (one statement): the next batch's register check
+        reads it, so it cannot wait for the refresher."""
         partials = minute_partials(rows)
         await self._copy(COPY_PENDING, TOUCH_TYPES, ((s, b, *p) for (s, b), p in partials.items()))
-        newest: dict[str, list[Any]] = {}
-        for (sensor, _), part in partials.items():
-            seen = newest.get(sensor)
-            if seen is None or part[4] > seen[4]:
-                newest[sensor] = part
+        if not registers:
+            return
+        newest: dict[str, Row] = {}
+        for row in registers:
+            seen = newest.get(row[0])
+            if seen is None or row[1] > seen[1]:
+                newest[row[0]] = row
         sensors = sorted(newest)
         await self._conn.execute(
             UPSERT_LATEST,
-            (sensors, [newest[s][4] for s in sensors], [newest[s][5] for s in sensors]),
+            (sensors, [newest[s][1] for s in sensors], [newest[s][2] for s in sensors]),
         )
 
     async def _prepare(self, rows: list[Row], energy: list[Good]) -> None:

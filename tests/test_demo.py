@@ -157,3 +157,51 @@ def test_demo_on_embedded_services(tmp_session_dir: Path) -> None:
     _run_demo_and_stop(env, data_dir)
     # Data survives to the next run: the second start reuses the database.
     _run_demo_and_stop(env, data_dir)
+
+
+def test_ctrl_c_while_starting_stops_everything(
+    service_env: dict[str, str], tmp_session_dir: Path, mqtt: MqttTarget
+) -> None:
+    """Ctrl-C right after the children started (the API not answering yet) stops them all
+    and exits 0, as Ctrl-C later does (it used to surface as KeyboardInterrupt, exit 130)."""
+    data_dir = tmp_session_dir / f"demo-early-{mqtt.prefix.strip('/')}"
+    env = dict(service_env)
+    env["UPSTAIRS_INGEST_METRICS_PORT"] = "0"
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "upstairs",
+            "demo",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(_free_port()),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert demo.stdout is not None
+    lines: list[bytes] = []
+    seen: set[int] = set()
+    try:
+        for line in demo.stdout:
+            lines.append(line)
+            if b"started simulator" in line:
+                break
+        seen.update(p.pid for p in _descendants(demo.pid))
+        assert not any(b"Upstairs is running" in line for line in lines)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        out = demo.communicate(timeout=60)[0]
+    text = b"".join(lines).decode(errors="replace") + out.decode(errors="replace")
+    assert demo.returncode == 0, text[-3000:]
+    assert "Upstairs stopped." in text
+    assert seen, text[-3000:]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in seen):
+        time.sleep(0.2)
+    left = [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not left, text[-3000:]

@@ -8,13 +8,14 @@ import os
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 
 from core.building_file import BuildingFileError, load_building
 from core.db import migrate
-from upstairs.services import endpoints
+from upstairs.services import Endpoints, endpoints
 from upstairs.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -48,9 +49,9 @@ def free_port_block(size: int) -> int:
     raise RuntimeError("no free block of ports for the Modbus simulators")
 
 
-def _wait_http(url: str, timeout_s: float) -> bool:
+def _wait_http(url: str, timeout_s: float, stop: Callable[[], bool] = lambda: False) -> bool:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop():
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -101,21 +102,29 @@ def run_demo(
                 scenario,
             ],
         )
-        supervisor.start()
-        url = f"http://127.0.0.1:{port}"
-        if _wait_http(f"{url}/healthz", 30):
-            print(f"\nUpstairs is running at {url}/  (building {building.id})", flush=True)
-            print(f"  floors:      {url}/api/v1/buildings/{building.id}/floors", flush=True)
-            print(f"  API docs:    {url}/docs", flush=True)
-            print(f"  credentials: {credentials}", flush=True)
-            print(
-                f"  database:    {'embedded' if ep.embedded_database else 'configured'}; "
-                f"broker: {ep.embedded_broker or 'configured'} ({ep.mqtt_url})",
-                flush=True,
-            )
-            print("Press Ctrl-C to stop.", flush=True)
-        else:
-            logger.error("the API did not answer on %s within 30 s", url)
-        supervisor.run()
+        with supervisor.catching_signals():
+            supervisor.start()
+            _announce(supervisor, port, building.id, credentials, ep)
+            supervisor.run()
     print("Upstairs stopped.", flush=True)
     return 0
+
+
+def _announce(
+    supervisor: Supervisor, port: int, building: str, credentials: Path, ep: Endpoints
+) -> None:
+    """Wait for the API, then say where everything is (unless a stop came first)."""
+    url = f"http://127.0.0.1:{port}"
+    if _wait_http(f"{url}/healthz", 30, lambda: supervisor.stopping):
+        print(f"\nUpstairs is running at {url}/  (building {building})", flush=True)
+        print(f"  floors:      {url}/api/v1/buildings/{building}/floors", flush=True)
+        print(f"  API docs:    {url}/docs", flush=True)
+        print(f"  credentials: {credentials}", flush=True)
+        print(
+            f"  database:    {'embedded' if ep.embedded_database else 'configured'}; "
+            f"broker: {ep.embedded_broker or 'configured'} ({ep.mqtt_url})",
+            flush=True,
+        )
+        print("Press Ctrl-C to stop.", flush=True)
+    elif not supervisor.stopping:
+        logger.error("the API did not answer on %s within 30 s", url)

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -72,6 +72,23 @@ class Supervisor:
 
     def request_stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
         self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @contextlib.contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM ask for a stop from here on (not a KeyboardInterrupt halfway
+        through starting the children: Ctrl-C during startup stops everything cleanly)."""
+        previous = {
+            sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def run(self, on_tick: Callable[[], None] | None = None) -> None:
         """Watch the children until SIGINT/SIGTERM; then stop them all."""
