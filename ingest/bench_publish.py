@@ -69,23 +69,27 @@ def publish_packet(topic: bytes, payload: bytes, packet_id: int) -> bytes:
     )
 
 
+def _read_varint(data: bytes | bytearray, i: int) -> tuple[int, int] | None:
+    """The MQTT variable byte integer at ``data[i:]`` and the index after it (None: cut off)."""
+    value, shift = 0, 0
+    while i < len(data):
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not byte & 0x80:
+            return value, i
+    return None
+
+
 def _packets(data: bytearray) -> Iterator[tuple[int, bytes]]:
     """Complete packets at the front of ``data`` (consumed from it): (type, body)."""
     pos = 0
-    while True:
-        if len(data) - pos < 2:
+    while len(data) - pos >= 2:
+        header = _read_varint(data, pos + 1)
+        if header is None:
             break
-        length, shift, i = 0, 0, pos + 1
-        while True:
-            if i >= len(data):
-                del data[:pos]
-                return
-            byte = data[i]
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            i += 1
-            if not byte & 0x80:
-                break
+        length, i = header
         if len(data) - i < length:
             break
         yield data[pos] & 0xF0, bytes(data[i : i + length])
@@ -97,14 +101,10 @@ def _receive_maximum(connack: bytes) -> int:
     """The broker's Receive Maximum from a CONNACK body (65,535 when not given)."""
     if len(connack) < 2 or connack[1] != 0:
         raise ConnectionRefusedError(f"broker refused the connection (reason {connack[1:2]!r})")
-    props_len, shift, i = 0, 0, 2
-    while i < len(connack):
-        byte = connack[i]
-        props_len |= (byte & 0x7F) << shift
-        shift += 7
-        i += 1
-        if not byte & 0x80:
-            break
+    props = _read_varint(connack, 2)
+    if props is None:
+        return 65535
+    props_len, i = props
     end = i + props_len
     while i < end:
         prop = connack[i]

@@ -43,12 +43,10 @@ def _processes_using(path: Path) -> list[psutil.Process]:
     return out
 
 
-def _run_demo_and_stop(env: dict[str, str], data_dir: Path, *extra: str) -> None:
-    port = _free_port()
-    # A second run rotates the demo tokens: never read the previous run's file.
-    (data_dir / "demo-credentials.json").unlink(missing_ok=True)
-    started = time.monotonic()
-    demo = subprocess.Popen(
+def _start_demo(
+    env: dict[str, str], data_dir: Path, port: int, *extra: str
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -58,12 +56,38 @@ def _run_demo_and_stop(env: dict[str, str], data_dir: Path, *extra: str) -> None
             str(data_dir),
             "--port",
             str(port),
+            *extra,
         ],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def _assert_nothing_left(seen: set[int], data_dir: Path) -> None:
+    """Within 10 s no process of the demo's tree, nor any using its data dir, is alive."""
+    deadline = time.monotonic() + 10
+    left: list[psutil.Process] = []
+    while time.monotonic() < deadline:
+        left = [
+            p
+            for p in (psutil.Process(pid) for pid in seen if psutil.pid_exists(pid))
+            if p.status() != psutil.STATUS_ZOMBIE
+        ]
+        left += _processes_using(data_dir.resolve())
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, f"left behind after Ctrl-C: {[p.cmdline() for p in left]}"
+
+
+def _run_demo_and_stop(env: dict[str, str], data_dir: Path, *extra: str) -> None:
+    port = _free_port()
+    # A second run rotates the demo tokens: never read the previous run's file.
+    (data_dir / "demo-credentials.json").unlink(missing_ok=True)
+    started = time.monotonic()
+    demo = _start_demo(env, data_dir, port, *extra)
     seen: set[int] = set()
     try:
         url = f"http://127.0.0.1:{port}/api/v1/buildings/ref-tower/floors"
@@ -113,19 +137,7 @@ def _run_demo_and_stop(env: dict[str, str], data_dir: Path, *extra: str) -> None
             out = demo.communicate()[0]
             raise AssertionError("demo did not stop within 30 s of Ctrl-C") from None
     assert demo.returncode == 0, out.decode()[-3000:]
-    deadline = time.monotonic() + 10
-    left: list[psutil.Process] = []
-    while time.monotonic() < deadline:
-        left = [
-            p
-            for p in (psutil.Process(pid) for pid in seen if psutil.pid_exists(pid))
-            if p.status() != psutil.STATUS_ZOMBIE
-        ]
-        left += _processes_using(data_dir.resolve())
-        if not left:
-            break
-        time.sleep(0.2)
-    assert not left, f"left behind after Ctrl-C: {[p.cmdline() for p in left]}"
+    _assert_nothing_left(seen, data_dir)
 
 
 def test_demo_on_configured_services(
@@ -167,22 +179,7 @@ def test_ctrl_c_while_starting_stops_everything(
     data_dir = tmp_session_dir / f"demo-early-{mqtt.prefix.strip('/')}"
     env = dict(service_env)
     env["UPSTAIRS_INGEST_METRICS_PORT"] = "0"
-    demo = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "upstairs",
-            "demo",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(_free_port()),
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    demo = _start_demo(env, data_dir, _free_port())
     assert demo.stdout is not None
     lines: list[bytes] = []
     seen: set[int] = set()
@@ -200,8 +197,4 @@ def test_ctrl_c_while_starting_stops_everything(
     assert demo.returncode == 0, text[-3000:]
     assert "Upstairs stopped." in text
     assert seen, text[-3000:]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in seen):
-        time.sleep(0.2)
-    left = [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-    assert not left, text[-3000:]
+    _assert_nothing_left(seen, data_dir)
