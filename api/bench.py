@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryFile() as log:
         try:
             building = load_building(args.building)
-            if not args.reuse:
+            if args.reuse:
+                migrate(url)  # a schema kept by an older version catches up
+            else:
                 seeded = _seed(url, building, args)
             seeded["schema_size"] = _schema_size(url, schema)
             config = {

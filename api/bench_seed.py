@@ -104,6 +104,7 @@ def seed(
                 cp.set_types(_ROLLUP_TYPES)
                 for row in _hour_rows(building, older, hours):
                     cp.write_row(row)
+        conn.execute("SELECT backfill_day_quarter_rollups()")  # migration 0011
         conn.execute(
             "INSERT INTO sensor_latest (sensor_id, ts, value) SELECT DISTINCT ON (sensor_id)"
             " sensor_id, last_ts, last_value FROM rollups_1m ORDER BY sensor_id, bucket DESC"

@@ -9,7 +9,7 @@ unchanged (docs/api.md, "Bills").
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -30,7 +30,15 @@ from api.tenants import (
     csv_response,
     resolve_tenant,
 )
-from core.billing import bin_minutes, compute_bill, month_bounds
+from core.billing import (
+    DEMAND_MINUTES,
+    bill_from_totals,
+    bin_minutes,
+    compute_bill,
+    month_bounds,
+    quarter_periods,
+)
+from core.billing import Bill as ComputedBill
 from core.building import Tariff
 
 router = APIRouter(prefix="/api/v1", tags=["tenants"], dependencies=[Depends(forbid_unknown_query)])
@@ -184,27 +192,11 @@ async def _compute(
 ) -> Bill:
     tariff = await _tariff(s, row["building_id"], row["tariff_id"])
     width = bin_minutes(tariff, tz, start, end)
-    params = {
-        "b": row["building_id"],
-        "t": row["id"],
-        "start": start,
-        "end": end,
-        "width": timedelta(minutes=width),
-    }
-    cur = await s.conn.execute(
-        f"WITH m AS ({METERS_SQL})"
-        " SELECT date_bin(%(width)s, r.bucket, %(start)s) AS bin, sum(r.energy_kwh) AS kwh"
-        "   FROM m JOIN rollups_1m r ON r.sensor_id = m.id AND m.kind = 'energy'"
-        "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)"
-        "  WHERE r.energy_kwh IS NOT NULL GROUP BY 1",
-        params,
-    )
-    bins = [(b["bin"], b["kwh"]) for b in await cur.fetchall()]
-    cur = await s.conn.execute(
-        f"SELECT DISTINCT id FROM ({METERS_SQL}) m WHERE kind = 'energy' ORDER BY id", params
-    )
-    meters = [r["id"] for r in await cur.fetchall()]
-    computed = compute_bill(tariff, tz, row["contracted_kw"], bins)
+    params: dict[str, Any] = {"b": row["building_id"], "t": row["id"], "start": start, "end": end}
+    if width == DEMAND_MINUTES:
+        computed, meters = await _from_quarters(s, tariff, row, params, tz)
+    else:
+        computed, meters = await _from_minutes(s, tariff, row, params, tz)
     return Bill(
         building=row["building_id"],
         tenant=row["id"],
@@ -228,3 +220,65 @@ async def _compute(
         bin_minutes=width,
         bins_with_data=computed.bins_with_data,
     )
+
+
+# The tenant's energy meters in this bill, sorted.
+_METER_IDS = "(SELECT array_agg(DISTINCT id ORDER BY id) FROM m WHERE kind = 'energy')"
+
+
+async def _from_quarters(
+    s: Scope, tariff: Tariff, row: dict[str, Any], params: dict[str, Any], tz: ZoneInfo
+) -> tuple[ComputedBill, list[str]]:
+    """From the quarter-hour energy rollups (``energy_15m``), summed per time-of-use period in
+    the database: the period of each quarter hour of the month comes as one array."""
+    params["periods"] = quarter_periods(tariff, tz, params["start"], params["end"])
+    cur = await s.conn.execute(
+        f"WITH m AS ({METERS_SQL}), q AS ("
+        "  SELECT r.bucket, sum(r.energy_kwh) AS kwh"
+        "    FROM m JOIN energy_15m r ON r.sensor_id = m.id AND m.kind = 'energy'"
+        "     AND r.bucket >= greatest(m.from_ts, %(start)s)"
+        "     AND r.bucket < least(m.to_ts, %(end)s)"
+        "   GROUP BY r.bucket)"
+        " SELECT (%(periods)s::int[])[(extract(epoch FROM q.bucket - %(start)s) / 900)::int + 1]"
+        "        AS period, sum(q.kwh) AS kwh, count(*) AS bins,"
+        "        (array_agg(q.bucket ORDER BY q.kwh DESC, q.bucket))[1] AS peak_at,"
+        f"       max(q.kwh) AS peak, NULL AS meters"
+        "   FROM q GROUP BY 1"
+        f" UNION ALL SELECT NULL, NULL, 0, NULL, NULL, coalesce({_METER_IDS}, '{{}}')",
+        params,
+    )
+    rows = await cur.fetchall()
+    meters = next(r["meters"] for r in rows if r["meters"] is not None)
+    rows = [r for r in rows if r["meters"] is None]
+    kwh = {tariff.periods[r["period"]].name: r["kwh"] for r in rows}
+    peaks = [r for r in rows if r["peak"] is not None]
+    top = max(peaks, key=lambda r: (r["peak"], -r["peak_at"].timestamp()), default=None)
+    computed = bill_from_totals(
+        tariff,
+        row["contracted_kw"],
+        kwh,
+        None if top is None else top["peak"],
+        None if top is None else top["peak_at"],
+        sum(r["bins"] for r in rows),
+    )
+    return computed, meters
+
+
+async def _from_minutes(
+    s: Scope, tariff: Tariff, row: dict[str, Any], params: dict[str, Any], tz: ZoneInfo
+) -> tuple[ComputedBill, list[str]]:
+    """From the 1-minute rollups, priced in Python: for a tariff window or a UTC offset that
+    is not on a quarter hour (where quarter hours in UTC are not local ones)."""
+    cur = await s.conn.execute(
+        f"WITH m AS ({METERS_SQL})"
+        " SELECT r.bucket AS bin, sum(r.energy_kwh) AS kwh, NULL AS meters"
+        "   FROM m JOIN rollups_1m r ON r.sensor_id = m.id AND m.kind = 'energy'"
+        "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)"
+        "  WHERE r.energy_kwh IS NOT NULL GROUP BY 1"
+        f" UNION ALL SELECT NULL, NULL, coalesce({_METER_IDS}, '{{}}')",
+        params,
+    )
+    rows = await cur.fetchall()
+    meters = next(r["meters"] for r in rows if r["meters"] is not None)
+    bins = [(r["bin"], r["kwh"]) for r in rows if r["meters"] is None]
+    return compute_bill(tariff, tz, row["contracted_kw"], bins), meters

@@ -33,6 +33,31 @@ ON CONFLICT (sensor_id, bucket) DO UPDATE SET
 """
 
 
+# Quarter-hour energy and local days (migration 0011) from the 1-minute rollups just written.
+_QUARTERS = """
+INSERT INTO energy_15m (sensor_id, bucket, energy_kwh)
+SELECT sensor_id, date_bin('15 minutes', bucket, 'epoch'), sum(energy_kwh) FROM rollups_1m
+ WHERE sensor_id = ANY(%(ids)s) AND energy_kwh IS NOT NULL
+   AND bucket >= date_bin('15 minutes', %(start)s, 'epoch') AND bucket < %(end)s
+ GROUP BY 1, 2
+ON CONFLICT (sensor_id, bucket) DO UPDATE SET energy_kwh = excluded.energy_kwh
+"""
+_DAYS = """
+INSERT INTO rollups_1d (sensor_id, bucket, count, sum, min, max, last_ts, last_value, energy_kwh)
+SELECT m.sensor_id, date_trunc('day', m.bucket, b.timezone), sum(m.count), sum(m.sum),
+       min(m.min), max(m.max), max(m.last_ts),
+       (array_agg(m.last_value ORDER BY m.last_ts DESC))[1], sum(m.energy_kwh)
+  FROM rollups_1m m JOIN sensors s ON s.id = m.sensor_id JOIN buildings b ON b.id = s.building_id
+ WHERE m.sensor_id = ANY(%(ids)s) AND m.bucket >= date_trunc('day', %(start)s, b.timezone)
+   AND m.bucket < %(end)s
+ GROUP BY 1, 2
+ON CONFLICT (sensor_id, bucket) DO UPDATE SET
+    count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max,
+    last_ts = excluded.last_ts, last_value = excluded.last_value,
+    energy_kwh = excluded.energy_kwh
+"""
+
+
 def ensure_partitions(conn: psycopg.Connection[Any], start: datetime, end: datetime) -> None:
     month = datetime(start.year, start.month, 1, tzinfo=UTC)
     while month <= end:
@@ -65,6 +90,8 @@ def recompute_rollups(
     params = {"ids": sensor_ids, "start": start, "end": end}
     for table, unit in (("rollups_1m", "minute"), ("rollups_1h", "hour")):
         conn.execute(_ROLLUP.format(table=table, unit=unit), params)  # literals only
+    conn.execute(_QUARTERS, params)
+    conn.execute(_DAYS, params)
     conn.execute(
         "INSERT INTO sensor_latest AS l (sensor_id, ts, value)"
         " SELECT DISTINCT ON (sensor_id) sensor_id, ts, value FROM readings"

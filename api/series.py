@@ -132,6 +132,19 @@ def day_edges(tz: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
         day += timedelta(days=1)
 
 
+def whole_days(
+    edges: list[datetime], start: datetime, end: datetime
+) -> tuple[datetime, datetime] | None:
+    """[first, last) local midnights bounding the whole days within [start, end), for reading
+    those days from ``rollups_1d`` and the rest from ``rollups_1h``; None when there is no
+    whole day, or when a midnight is not on a UTC hour (an hourly bucket would then straddle
+    it and count twice)."""
+    inside = [e for e in edges if start <= e <= end]
+    if len(inside) < 2 or any(e.minute or e.second for e in inside):
+        return None
+    return inside[0], inside[-1]
+
+
 def bin_params(step: Step, tz: ZoneInfo, start: datetime, end: datetime) -> dict[str, Any]:
     return {
         "edges": day_edges(tz, start, end) if step is Step.D1 else [],

@@ -41,6 +41,7 @@ from api.series import (
     bin_start_sql,
     choose_step,
     source,
+    whole_days,
 )
 from api.series import time_range as _range
 
@@ -75,6 +76,20 @@ SELECT s.id, s.kind, l.valid_from::timestamp AT TIME ZONE bl.timezone,
 METER_WINDOWS_SQL = f"""
 SELECT id, kind, nullif(from_ts, '-infinity') AS from_ts, nullif(to_ts, 'infinity') AS to_ts
   FROM ({METERS_SQL}) m
+"""
+
+
+# What a 1d step reads when whole days can come from rollups_1d: hours before the first whole
+# day, the whole days, hours after the last (the bucket ranges do not overlap).
+_DAYS_AND_HOURS = """
+SELECT sensor_id, bucket, sum, count, energy_kwh FROM rollups_1h
+ WHERE bucket < %(days_from)s
+UNION ALL
+SELECT sensor_id, bucket, sum, count, energy_kwh FROM rollups_1d
+ WHERE bucket >= %(days_from)s AND bucket < %(days_to)s
+UNION ALL
+SELECT sensor_id, bucket, sum, count, energy_kwh FROM rollups_1h
+ WHERE bucket >= %(days_to)s
 """
 
 
@@ -165,6 +180,11 @@ async def _power(
     cur = await s.conn.execute(METER_WINDOWS_SQL, params)
     meters = await cur.fetchall()
     table, column = source(step)
+    params.update(bin_params(step, tz, first, last))
+    if step is Step.D1 and (days := whole_days(params["edges"], first, last)):
+        # whole local days from the daily rollups, the partial days at either end by the hour
+        table = f"({_DAYS_AND_HOURS})"
+        params |= {"days_from": days[0], "days_to": days[1]}
     # per meter and bin, then per bin: the meters' windows come as arrays (no join to plan)
     query = (
         f"SELECT {bin_start_sql(step, 'k')} AS bin,"
@@ -186,7 +206,6 @@ async def _power(
         "froms": [m["from_ts"] for m in meters],
         "tos": [m["to_ts"] for m in meters],
     }
-    params.update(bin_params(step, tz, first, last))
     cur = await s.conn.execute(query, params)
     bins = await cur.fetchall()
     return PowerSeries(

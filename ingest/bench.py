@@ -234,10 +234,11 @@ def run(
             row = conn.execute(
                 "SELECT count(*), count(DISTINCT (sensor_id, ts)),"
                 " (SELECT coalesce(sum(count), 0) FROM rollups_1m),"
-                " (SELECT coalesce(sum(count), 0) FROM rollups_1h) FROM readings"
+                " (SELECT coalesce(sum(count), 0) FROM rollups_1h),"
+                " (SELECT coalesce(sum(count), 0) FROM rollups_1d) FROM readings"
             ).fetchone()
         assert row is not None
-        total, distinct, in_1m, in_1h = (int(v) for v in row)
+        total, distinct, in_1m, in_1h, in_1d = (int(v) for v in row)
         rate = distinct / seconds
         return Report(
             readings=readings,
@@ -255,7 +256,7 @@ def run(
             rss_mb=round(rss, 1),
             lost=readings - distinct,
             duplicated=total - distinct,
-            rollups_consistent=in_1m == total and in_1h == total,
+            rollups_consistent=in_1m == total and in_1h == total and in_1d == total,
             rollup_lag_s=round(rollup_lag, 2),
             ingesters=ingesters,
             window_messages=window,

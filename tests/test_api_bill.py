@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 
 from tests.api_helpers import apply, bearer, client, ref_tower, store_readings, token
@@ -45,7 +47,9 @@ def register_readings() -> list[tuple[str, datetime, float]]:
     return rows
 
 
-def hand_bill(rows: list[tuple[str, datetime, float]]) -> dict[str, Any]:
+def hand_bill(
+    rows: list[tuple[str, datetime, float]], period: Callable[[datetime], str] = period
+) -> dict[str, Any]:
     month_start = datetime(2026, 10, 1, tzinfo=TZ)
     month_end = datetime(2026, 11, 1, tzinfo=TZ)
     kwh: dict[str, float] = defaultdict(float)
@@ -106,3 +110,36 @@ def test_bill_of_a_month_without_data_is_zero(db_url: str) -> None:
             c.get("/api/v1/tenants/axisline/bill?month=2026-13", headers=bearer(secret)).status_code
             == 422
         )
+
+
+def late_peak(local: datetime) -> str:
+    """The tariff with its morning peak from 08:10: a window edge off the quarter hours."""
+    if local.hour == 8 and local.minute < 10:
+        return "flat"
+    return period(local)
+
+
+def test_bill_off_quarter_tariff_from_minutes(db_url: str) -> None:
+    """A window edge at 08:10: quarter hours cannot be priced whole, so the bill is summed
+    from 1-minute bins (the other path of api.bills); still equal to a hand computation."""
+    apply(db_url, ref_tower(REF_TOWER))
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "UPDATE tariff_windows SET end_minute = 490 WHERE period = 'flat' AND end_minute = 480"
+        )
+        conn.execute("UPDATE tariff_windows SET start_minute = 490 WHERE start_minute = 480")
+    rows = register_readings()
+    store_readings(db_url, rows)
+    expected = hand_bill(rows, late_peak)
+    secret = token(db_url, "operator")
+    with client(db_url) as c:
+        r = c.get("/api/v1/tenants/voltcab/bill?month=2026-10", headers=bearer(secret))
+    assert r.status_code == 200, r.text
+    bill = r.json()
+    assert bill["bin_minutes"] == 1
+    lines = {p["name"]: p for p in bill["periods"]}
+    for name in PRICES:
+        assert lines[name]["kwh"] == pytest.approx(expected["kwh"][name], abs=1e-3)
+    assert bill["total_kwh"] == pytest.approx(expected["total_kwh"], abs=1e-3)
+    assert bill["peak_demand_kw"] == pytest.approx(expected["peak_kw"], abs=1e-3)
+    assert bill["meters"] == [METER]

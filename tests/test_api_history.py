@@ -8,6 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
+import pytest
+
 from api.history import shared_axis, time_ordered
 from tests.api_helpers import apply, bearer, client, ref_tower, store_readings, token
 from tests.conftest import REF_TOWER
@@ -121,3 +124,45 @@ def test_raw_series_come_out_in_time_order() -> None:
     time_ordered([row])
     assert row["t"] == t and row["avg"] == row["min"] == [0.0, 1.0, 2.0, 3.0]
     assert row["kwh"] is None
+
+
+def test_power_by_day_reads_whole_days_from_daily_rollups(db_url: str, monkeypatch: Any) -> None:
+    """Tenant power by local day: whole days from rollups_1d, the partial days at either end
+    of the range from the hourly rollups; the same answer as from hourly rollups alone, also
+    for a zone meter whose zone changes tenant inside the range (protoworks -> axisline)."""
+    apply(db_url, ref_tower(REF_TOWER))
+    with psycopg.connect(db_url) as conn:
+        meters = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM sensors WHERE kind IN ('power', 'energy')"
+                " AND (tenant_id IN ('axisline', 'protoworks') OR id LIKE 'ref-f09-%%-z3')"
+            )
+        ]
+    assert "ref-f09-energy-z3" in meters
+    rng = random.Random(11)
+    start = datetime(2026, 6, 26, 21, 0, tzinfo=TZ).astimezone(UTC)
+    rows = []
+    for i, meter in enumerate(sorted(meters)):
+        value = 1000.0 * (i + 1)
+        for k in range(8 * 24 * 6):  # every ~10 minutes for 8 days, with jitter and a gap
+            if 300 <= k < 340:
+                continue
+            at = start + timedelta(minutes=10 * k, seconds=rng.randint(0, 500))
+            value += rng.uniform(0, 5) if "energy" in meter else 0.0
+            reading = value if "energy" in meter else rng.uniform(10, 90)
+            rows.append((meter, at, round(reading, 3)))
+    store_readings(db_url, rows)
+    window = "&from=2026-06-27T05:17:00%2B08:00&to=2026-07-03T19:44:00%2B08:00"
+    with client(db_url, api_cache_s=0) as c:  # each answer computed
+        for tenant in ("axisline", "protoworks"):
+            auth = bearer(token(db_url, "tenant", tenant, "ref-tower"))
+            path = f"/api/v1/tenants/{tenant}/power?step=1d{window}"
+            with_days = c.get(path, headers=auth).json()
+            monkeypatch.setattr("api.tenants.whole_days", lambda *_: None)
+            hours_only = c.get(path, headers=auth).json()
+            monkeypatch.undo()
+            assert with_days["t"] == hours_only["t"] and len(with_days["t"]) == 7
+            for key in ("power_kw", "energy_kwh"):
+                assert with_days[key] == pytest.approx(hours_only[key], rel=1e-9, abs=1e-3), key
+            assert any(v for v in with_days["energy_kwh"]), tenant

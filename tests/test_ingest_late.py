@@ -20,19 +20,31 @@ from tests.ingest_helpers import (
     wait_until,
 )
 
-# Recompute both rollup levels from raw rows; energy kWh with the same rule as the ingester.
-RECOMPUTE = """
+# Recompute every rollup level from raw rows; energy kWh with the same rule as the ingester.
+WITH_DELTAS = """
 WITH w AS (
-    SELECT r.sensor_id, r.ts, r.value, s.kind,
+    SELECT r.sensor_id, r.ts, r.value, s.kind, b.timezone,
            lag(r.value) OVER (PARTITION BY r.sensor_id ORDER BY r.ts) AS prev
-      FROM readings r JOIN sensors s ON s.id = r.sensor_id
+      FROM readings r JOIN sensors s ON s.id = r.sensor_id JOIN buildings b ON b.id = s.building_id
 )
-SELECT sensor_id, date_trunc(%(width)s, ts, 'UTC') AS bucket, count(*), sum(value), min(value),
-       max(value), max(ts), (array_agg(value ORDER BY ts DESC))[1],
-       CASE WHEN bool_and(kind = 'energy') THEN sum(CASE WHEN prev IS NULL THEN 0
-            WHEN value >= prev THEN value - prev ELSE value END) END
-  FROM w GROUP BY 1, 2 ORDER BY 1, 2
 """
+DELTA = "CASE WHEN prev IS NULL THEN 0 WHEN value >= prev THEN value - prev ELSE value END"
+RECOMPUTE = (
+    WITH_DELTAS
+    + "SELECT sensor_id, {bucket} AS bucket, count(*), sum(value), min(value), max(value),"
+    " max(ts), (array_agg(value ORDER BY ts DESC))[1],"
+    f" CASE WHEN bool_and(kind = 'energy') THEN sum({DELTA}) END"
+    " FROM w GROUP BY 1, 2 ORDER BY 1, 2"
+)
+LEVELS = {
+    "rollups_1m": "date_trunc('minute', ts, 'UTC')",
+    "rollups_1h": "date_trunc('hour', ts, 'UTC')",
+    "rollups_1d": "date_trunc('day', ts, timezone)",  # the building's local day
+}
+RECOMPUTE_15M = (
+    WITH_DELTAS + f"SELECT sensor_id, date_bin('15 minutes', ts, 'epoch'), sum({DELTA})"
+    " FROM w WHERE kind = 'energy' GROUP BY 1, 2 ORDER BY 1, 2"
+)
 STORED = """
 SELECT sensor_id, bucket, count, sum, min, max, last_ts, last_value, energy_kwh
   FROM {table} ORDER BY 1, 2
@@ -49,9 +61,14 @@ def _close(a, b) -> bool:
 
 def assert_rollups_match_raw(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
-        for width, table in (("minute", "rollups_1m"), ("hour", "rollups_1h")):
-            fresh = conn.execute(RECOMPUTE, {"width": width}).fetchall()
-            stored = conn.execute(STORED.format(table=table)).fetchall()
+        checks = [
+            (t, RECOMPUTE.format(bucket=b), STORED.format(table=t)) for t, b in LEVELS.items()
+        ]
+        checks.append(("energy_15m", RECOMPUTE_15M, "SELECT * FROM energy_15m ORDER BY 1, 2"))
+        for table, recompute, stored_sql in checks:
+            fresh = conn.execute(recompute).fetchall()
+            stored = conn.execute(stored_sql).fetchall()
+            assert fresh, table
             assert len(fresh) == len(stored), table
             for f, s in zip(fresh, stored, strict=True):
                 assert all(_close(a, b) for a, b in zip(f, s, strict=True)), (table, f, s)
@@ -61,6 +78,8 @@ async def test_late_shuffled_duplicates(db_url, mqtt):
     rng = random.Random(7)
     kinds = ["power", "energy", "load", "temperature", "power"]
     sensors = add_sensors(db_url, [SensorRow(f"s{i}", kinds[i % 5], 1) for i in range(20)])
+    with psycopg.connect(db_url) as conn:  # local days that are not UTC days (+05:30)
+        conn.execute("UPDATE buildings SET timezone = 'Asia/Kolkata'")
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=10)
     readings: list[dict[str, object]] = []
     per_sensor = 500
