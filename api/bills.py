@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -226,40 +227,47 @@ async def _compute(
 _METER_IDS = "(SELECT array_agg(DISTINCT id ORDER BY id) FROM m WHERE kind = 'energy')"
 
 
+@lru_cache(maxsize=64)
+def _array_literal(values: tuple[int, ...]) -> str:
+    """``{0,1,...}``: passed as text and cast once, ~100 times cheaper than dumping a list."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 async def _from_quarters(
     s: Scope, tariff: Tariff, row: dict[str, Any], params: dict[str, Any], tz: ZoneInfo
 ) -> tuple[ComputedBill, list[str]]:
     """From the quarter-hour energy rollups (``energy_15m``), summed per time-of-use period in
     the database: the period of each quarter hour of the month comes as one array."""
-    params["periods"] = quarter_periods(tariff, tz, params["start"], params["end"])
+    params["periods"] = _array_literal(quarter_periods(tariff, tz, params["start"], params["end"]))
+    params["start_epoch"] = params["start"].timestamp()
     cur = await s.conn.execute(
-        f"WITH m AS ({METERS_SQL}), q AS ("
+        f"WITH m AS ({METERS_SQL}), q AS MATERIALIZED ("
         "  SELECT r.bucket, sum(r.energy_kwh) AS kwh"
         "    FROM m JOIN energy_15m r ON r.sensor_id = m.id AND m.kind = 'energy'"
         "     AND r.bucket >= greatest(m.from_ts, %(start)s)"
         "     AND r.bucket < least(m.to_ts, %(end)s)"
         "   GROUP BY r.bucket)"
-        " SELECT (%(periods)s::int[])[(extract(epoch FROM q.bucket - %(start)s) / 900)::int + 1]"
-        "        AS period, sum(q.kwh) AS kwh, count(*) AS bins,"
-        "        (array_agg(q.bucket ORDER BY q.kwh DESC, q.bucket))[1] AS peak_at,"
-        f"       max(q.kwh) AS peak, NULL AS meters"
-        "   FROM q GROUP BY 1"
-        f" UNION ALL SELECT NULL, NULL, 0, NULL, NULL, coalesce({_METER_IDS}, '{{}}')",
+        " SELECT 'period' AS what, (SELECT %(periods)s::int[])"  # cast once, not per row
+        "        [(date_part('epoch', q.bucket) - %(start_epoch)s)::int / 900 + 1] AS period,"
+        "        sum(q.kwh) AS kwh, count(*) AS bins, NULL::timestamptz AS at,"
+        "        NULL::text[] AS meters"
+        "   FROM q GROUP BY 2"
+        " UNION ALL (SELECT 'peak', NULL, q.kwh, NULL, q.bucket, NULL FROM q"
+        "             ORDER BY q.kwh DESC, q.bucket LIMIT 1)"
+        f" UNION ALL SELECT 'meters', NULL, NULL, NULL, NULL, coalesce({_METER_IDS}, '{{}}')",
         params,
     )
     rows = await cur.fetchall()
-    meters = next(r["meters"] for r in rows if r["meters"] is not None)
-    rows = [r for r in rows if r["meters"] is None]
-    kwh = {tariff.periods[r["period"]].name: r["kwh"] for r in rows}
-    peaks = [r for r in rows if r["peak"] is not None]
-    top = max(peaks, key=lambda r: (r["peak"], -r["peak_at"].timestamp()), default=None)
+    by_period = [r for r in rows if r["what"] == "period"]
+    peak = next((r for r in rows if r["what"] == "peak"), None)
+    meters = next(r["meters"] for r in rows if r["what"] == "meters")
     computed = bill_from_totals(
         tariff,
         row["contracted_kw"],
-        kwh,
-        None if top is None else top["peak"],
-        None if top is None else top["peak_at"],
-        sum(r["bins"] for r in rows),
+        {tariff.periods[r["period"]].name: r["kwh"] for r in by_period},
+        None if peak is None else peak["kwh"],
+        None if peak is None else peak["at"],
+        sum(r["bins"] for r in by_period),
     )
     return computed, meters
 

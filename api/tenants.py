@@ -79,20 +79,6 @@ SELECT id, kind, nullif(from_ts, '-infinity') AS from_ts, nullif(to_ts, 'infinit
 """
 
 
-# What a 1d step reads when whole days can come from rollups_1d: hours before the first whole
-# day, the whole days, hours after the last (the bucket ranges do not overlap).
-_DAYS_AND_HOURS = """
-SELECT sensor_id, bucket, sum, count, energy_kwh FROM rollups_1h
- WHERE bucket < %(days_from)s
-UNION ALL
-SELECT sensor_id, bucket, sum, count, energy_kwh FROM rollups_1d
- WHERE bucket >= %(days_from)s AND bucket < %(days_to)s
-UNION ALL
-SELECT sensor_id, bucket, sum, count, energy_kwh FROM rollups_1h
- WHERE bucket >= %(days_to)s
-"""
-
-
 def check_tenant(p: Principal, tenant: str, building: str | None) -> None:
     """A tenant may ask only about itself (404 otherwise, as for an id that does not exist)."""
     if not p.is_operator and (tenant != p.tenant_id or building not in (None, p.building_id)):
@@ -181,23 +167,33 @@ async def _power(
     meters = await cur.fetchall()
     table, column = source(step)
     params.update(bin_params(step, tz, first, last))
+    # (table, from, to) of each part of the range: for 1d, whole local days from the daily
+    # rollups and the partial days at either end from the hourly ones (one join each, so each
+    # is an index range scan per meter)
+    parts = [(table, "start", "end")]
     if step is Step.D1 and (days := whole_days(params["edges"], first, last)):
-        # whole local days from the daily rollups, the partial days at either end by the hour
-        table = f"({_DAYS_AND_HOURS})"
         params |= {"days_from": days[0], "days_to": days[1]}
+        parts = [
+            ("rollups_1h", "start", "days_from"),
+            ("rollups_1d", "days_from", "days_to"),
+            ("rollups_1h", "days_to", "end"),
+        ]
+    rows_sql = " UNION ALL ".join(
+        f"SELECT {bin_sql(step, f'r.{column}')} AS k, m.id, m.kind, r.sum, r.count, r.energy_kwh"
+        "  FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(froms)s::timestamptz[],"
+        "              %(tos)s::timestamptz[]) m (id, kind, from_ts, to_ts)"
+        f" JOIN {part} r ON r.sensor_id = m.id"
+        f"  AND r.{column} >= greatest(m.from_ts, %({lo})s)"
+        f"  AND r.{column} < least(m.to_ts, %({hi})s)"
+        for part, lo, hi in parts
+    )
     # per meter and bin, then per bin: the meters' windows come as arrays (no join to plan)
     query = (
         f"SELECT {bin_start_sql(step, 'k')} AS bin,"
         "        sum(avg) FILTER (WHERE kind = 'power') AS kw,"
         "        sum(kwh) FILTER (WHERE kind = 'energy') AS kwh"
-        f"  FROM (SELECT {bin_sql(step, f'r.{column}')} AS k, m.id, m.kind,"
-        "               sum(r.sum) / sum(r.count) AS avg, sum(r.energy_kwh) AS kwh"
-        "          FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(froms)s::timestamptz[],"
-        "                      %(tos)s::timestamptz[]) m (id, kind, from_ts, to_ts)"
-        f"         JOIN {table} r ON r.sensor_id = m.id"
-        f"          AND r.{column} >= greatest(m.from_ts, %(start)s)"
-        f"          AND r.{column} < least(m.to_ts, %(end)s)"
-        "         GROUP BY 1, 2, 3) per_meter"
+        "  FROM (SELECT k, id, kind, sum(sum) / sum(count) AS avg, sum(energy_kwh) AS kwh"
+        f"          FROM ({rows_sql}) r GROUP BY 1, 2, 3) per_meter"
         " GROUP BY k ORDER BY k"
     )
     params |= {

@@ -78,12 +78,14 @@ class Bill:
     bins_with_data: int
 
 
-def quarter_periods(tariff: Tariff, tz: ZoneInfo, start: datetime, end: datetime) -> list[int]:
+def quarter_periods(
+    tariff: Tariff, tz: ZoneInfo, start: datetime, end: datetime
+) -> tuple[int, ...]:
     """For each quarter hour from ``start`` (UTC, on a quarter hour) to ``end``: the index in
     ``tariff.periods`` of the period its start falls in, in local time. Needs every UTC offset
     in the range on a quarter hour (:func:`bin_minutes` is 15); a month is ~3,000 entries."""
     key = (tz.key, start, end, tuple((p.name, tuple(p.minute_ranges())) for p in tariff.periods))
-    return list(_quarter_periods(key))
+    return _quarter_periods(key)
 
 
 @lru_cache(maxsize=64)

@@ -208,6 +208,8 @@ CREATE FUNCTION backfill_day_quarter_rollups() RETURNS void LANGUAGE sql AS $$
 $$;
 
 SELECT backfill_day_quarter_rollups();
+ANALYZE rollups_1d;
+ANALYZE energy_15m;
 
 -- Row-level security and grants as for the other rollups (0004, 0006, 0008).
 DO $$
