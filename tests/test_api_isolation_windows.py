@@ -1,6 +1,6 @@
 """Isolation in time: a zone's sensors are a tenant's only for the local days it leases the zone.
 
-Checked on every sensor-scoped table (readings, both rollups, latest values) as the API role,
+Checked on every sensor-scoped table (readings, every rollup, latest values) as the API role,
 at the edges of the lease windows: the zone of the reference tower that changed tenant on
 2026-07-01, and a zone leased twice with a gap (a window that is a union of two ranges).
 """
@@ -17,7 +17,13 @@ from tests.api_helpers import apply, ref_tower, store_readings
 from tests.conftest import REF_TOWER
 
 TZ = ZoneInfo("Asia/Shanghai")
-TABLES = {"readings": "ts", "rollups_1m": "bucket", "rollups_1h": "bucket"}
+TABLES = {
+    "readings": "ts",
+    "rollups_1m": "bucket",
+    "rollups_1h": "bucket",
+    "rollups_1d": "bucket",
+    "energy_15m": "bucket",
+}
 
 
 def local(year: int, month: int, day: int, hour: int, minute: int) -> datetime:
@@ -68,11 +74,15 @@ def test_zone_sensors_are_visible_only_within_the_lease_windows(db_url: str) -> 
         visible = _visible(db_url, tenant)
         for sensor, at, seen_by in CASES:
             minute = at.replace(second=0)
+            day = at.astimezone(TZ).replace(hour=0, minute=0, second=0).astimezone(UTC)
             keys = {
                 "readings": at,
                 "rollups_1m": minute,
                 "rollups_1h": at.replace(minute=0, second=0),
+                "rollups_1d": day,  # the local day
             }
+            if "-energy-" in sensor:
+                keys["energy_15m"] = minute.replace(minute=minute.minute - minute.minute % 15)
             for table, key in keys.items():
                 assert ((sensor, key) in visible[table]) == (tenant in seen_by), (
                     tenant,
