@@ -6,6 +6,11 @@ may call without any read access to the token tables) and sets ``app.role`` /
 ``app.tenant_id`` for this transaction only, so row-level security scopes every later query;
 the setting ends with the transaction, and a connection goes back to the pool with none.
 
+Reads that know all their statements up front (the live floors, history) use
+:func:`read_scoped`: the scoping ``set_config`` calls and the reads travel in one pipeline,
+one transaction in one round trip (statement by statement it was four: ``BEGIN``, scope,
+read, ``COMMIT``).
+
 A bearer token that authenticated is remembered by this process for
 ``UPSTAIRS_API_AUTH_CACHE_S`` seconds (5 by default; 0 turns it off). Within that window the
 first statement only sets the principal (no lookup of the token), and an answer served from
@@ -28,6 +33,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from psycopg import errors as pg_errors
+from psycopg.abc import Params, QueryNoTemplate
+from psycopg.pq import TransactionStatus
+from psycopg.rows import DictRow
 from starlette.requests import HTTPConnection
 
 from api.db import Connection, Pool, PoolDep
@@ -43,6 +51,8 @@ SELECT a.token_id, a.role, a.building_id, a.tenant_id, a.name,
        set_config('app.tenant_id', coalesce(a.building_id || '/' || a.tenant_id, ''), true) AS _t
   FROM {fn}(%s) a
 """
+
+_SCOPE_SQL = "SELECT set_config('app.role', %s, true), set_config('app.tenant_id', %s, true)"
 
 
 def token_hash(secret: str) -> bytes:
@@ -68,6 +78,14 @@ class Principal:
         if self.role == "tenant":
             return f"tenant:{self.tenant_id}/{self.name} (token {self.token_id})"
         return f"{self.role}:{self.name} (token {self.token_id})"
+
+    @property
+    def scope_params(self) -> tuple[str, str]:
+        """``app.role`` and ``app.tenant_id`` of this principal (``building/tenant``)."""
+        tenant = ""
+        if self.building_id and self.tenant_id:
+            tenant = f"{self.building_id}/{self.tenant_id}"
+        return self.role, tenant
 
     def sees_building(self, building: str) -> bool:
         return self.is_operator or self.building_id == building
@@ -119,13 +137,7 @@ class Scope:
 
     async def rescope(self) -> None:
         """Set the principal again (after a commit began a new transaction)."""
-        tenant = ""
-        if self.principal.building_id and self.principal.tenant_id:
-            tenant = f"{self.principal.building_id}/{self.principal.tenant_id}"
-        await self.conn.execute(
-            "SELECT set_config('app.role', %s, true), set_config('app.tenant_id', %s, true)",
-            (self.principal.role, tenant),
-        )
+        await self.conn.execute(_SCOPE_SQL, self.principal.scope_params)
 
     async def commit(self) -> None:
         await self.conn.commit()
@@ -247,6 +259,62 @@ async def open_scope(pool: Pool, principal: Principal) -> AsyncIterator[Scope]:
             await conn.commit()
     except (pg_errors.OperationalError, pg_errors.InterfaceError) as exc:
         raise _db_unavailable(exc) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One statement of :func:`read_scoped`: its SQL, parameters, and whether the results
+    come in binary (arrays are much cheaper to read so)."""
+
+    sql: QueryNoTemplate
+    params: Params
+    binary: bool = False
+
+
+async def read_scoped(pool: Pool, principal: Principal, *reads: Read) -> list[list[DictRow]]:
+    """The rows of each of ``reads``, run in one transaction scoped to ``principal``.
+
+    One pipeline, one round trip: ``set_config(..., true)`` of the principal, then the
+    reads, then a single Sync. PostgreSQL runs the statements of a pipeline up to its Sync
+    as one transaction (the protocol's implicit transaction: a failed statement makes it
+    skip the rest and roll back), so the settings hold for every read and end at the Sync,
+    exactly as between :func:`open_scope`'s ``BEGIN`` and ``COMMIT``. The connection runs
+    in autocommit mode meanwhile, which is what keeps psycopg from opening (and syncing) a
+    transaction of its own first; it goes back to the pool in transaction mode (and the
+    pool's check makes sure, :mod:`api.db`). ``tests/test_api_read_scoped.py`` checks the
+    one transaction and that nothing outlives it.
+    """
+    try:
+        async with pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                cursors = []
+                async with conn.pipeline():
+                    await conn.execute(_SCOPE_SQL, principal.scope_params)
+                    for read in reads:
+                        cur = conn.cursor(binary=read.binary)
+                        await cur.execute(read.sql, read.params)
+                        cursors.append(cur)
+                return [await cur.fetchall() for cur in cursors]
+            finally:
+                await _end_autocommit(conn)
+    except (pg_errors.OperationalError, pg_errors.InterfaceError) as exc:
+        raise _db_unavailable(exc) from exc
+
+
+async def _end_autocommit(conn: Connection) -> None:
+    """Back to transaction mode, rolling back what a failed statement left open; a connection
+    that cannot (broken, or busy after a cancellation) is closed, and the pool replaces it."""
+    status = conn.info.transaction_status
+    try:
+        if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            await conn.rollback()
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            await conn.set_autocommit(False)
+            return
+    except pg_errors.Error as exc:
+        logger.warning("closing a connection that failed to leave autocommit: %s", exc)
+    await conn.close()
 
 
 ScopeDep = Annotated[Scope, Depends(scope)]

@@ -38,6 +38,18 @@ async def _check_role(conn: Connection) -> None:
         )
 
 
+async def _check(conn: Connection) -> None:
+    """A connection leaves the pool in transaction mode (not autocommit).
+
+    :func:`api.auth.read_scoped` turns autocommit on for its pipeline and off again before
+    it returns the connection; this makes sure of it for every user of the pool, even after
+    a request was cancelled in between. (A check runs in ``getconn``; a ``reset`` would send
+    every returned connection through the pool's worker task, which costs more.)
+    """
+    if conn.autocommit:
+        await conn.set_autocommit(False)
+
+
 def make_pool(conninfo: str, min_size: int, max_size: int) -> Pool:
     return AsyncConnectionPool(
         conninfo,
@@ -47,6 +59,7 @@ def make_pool(conninfo: str, min_size: int, max_size: int) -> Pool:
         kwargs={"row_factory": dict_row, "autocommit": False},
         connection_class=AsyncConnection[DictRow],
         configure=_check_role,
+        check=_check,
         timeout=10.0,
     )
 

@@ -15,7 +15,7 @@ from psycopg.rows import DictRow
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from api.alerts import open_alerts
-from api.auth import PrincipalDep, ScopeDep, open_scope
+from api.auth import PrincipalDep, Read, ScopeDep, read_scoped
 from api.buildings import local_today, require_building
 from api.common import ID_PATTERN, _Strict, cached, forbid_unknown_query, not_found, responses
 from api.db import PoolDep
@@ -77,8 +77,13 @@ def _fire_state(row: dict[str, Any]) -> FireState:
 
 async def floor_summaries(conn: AsyncConnection[DictRow], building: str) -> list[FloorSummary]:
     cur = await conn.execute(_FLOORS_SQL, {"building": building})
+    return summaries_of(await cur.fetchall())
+
+
+def summaries_of(rows: list[DictRow]) -> list[FloorSummary]:
+    """The floor summaries of the rows of ``_FLOORS_SQL``."""
     out = []
-    for row in await cur.fetchall():
+    for row in rows:
         power = row["power_kw"]
         out.append(
             FloorSummary(
@@ -150,16 +155,18 @@ async def get_floors(
     request: Request, who: PrincipalDep, pool: PoolDep, building: str = BuildingId
 ) -> Response:
     async def make() -> Response:
-        async with open_scope(pool, who) as s:
-            summaries = await floor_summaries(s.conn, building)
-            if not summaries:  # floors are visible exactly when their building is (RLS)
-                await require_building(s.conn, building)
-        return Response(_SUMMARIES.dump_json(summaries), media_type="application/json")
+        (rows,) = await read_scoped(pool, who, Read(_FLOORS_SQL, {"building": building}))
+        if not rows:  # floors are visible exactly when their building is (RLS)
+            (found,) = await read_scoped(pool, who, Read(_BUILDING_SQL, (building,)))
+            if not found:
+                raise not_found(f"building {building!r}")
+        return Response(_SUMMARIES.dump_json(summaries_of(rows)), media_type="application/json")
 
     return await cached(request, who, make)
 
 
 _SUMMARIES = TypeAdapter(list[FloorSummary])
+_BUILDING_SQL = "SELECT 1 FROM buildings WHERE id = %s"  # RLS: a building the caller may see
 
 
 _SENSORS_SQL = """
