@@ -17,19 +17,21 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
 
-from api.auth import PrincipalDep, Scope, open_scope
+from api.auth import Principal, PrincipalDep, Read, read_scoped
 from api.common import _Strict, cached, forbid_unknown_query, json_response, not_found, responses
-from api.db import PoolDep
+from api.db import Pool, PoolDep
 from api.tenants import (
     CSV_RESPONSE,
     METERS_SQL,
+    TENANT_SQL,
     BuildingQuery,
     Format,
     TenantPath,
     cell,
     check_tenant,
     csv_response,
-    resolve_tenant,
+    tenant_of,
+    tenant_params,
 )
 from core.billing import (
     DEMAND_MINUTES,
@@ -73,19 +75,22 @@ class Bill(_Strict):
     bins_with_data: int
 
 
-async def _tariff(s: Scope, building: str, tariff_id: str) -> Tariff:
-    cur = await s.conn.execute(
-        "SELECT t.currency, p.name, p.price_per_kwh,"
-        "       array_agg(w.start_minute ORDER BY w.start_minute) AS starts,"
-        "       array_agg(w.end_minute ORDER BY w.start_minute) AS ends"
-        "  FROM tariffs t JOIN tariff_periods p ON p.building_id = t.building_id"
-        "   AND p.tariff_id = t.id"
-        "  JOIN tariff_windows w ON w.building_id = p.building_id AND w.tariff_id = p.tariff_id"
-        "   AND w.period = p.name"
-        " WHERE t.building_id = %s AND t.id = %s GROUP BY t.currency, p.name, p.price_per_kwh",
-        (building, tariff_id),
-    )
-    rows = await cur.fetchall()
+# The tariff of the tenant of TENANT_SQL: one row per period, its windows as arrays.
+_TARIFF_SQL = """
+SELECT t.currency, p.name, p.price_per_kwh,
+       array_agg(w.start_minute ORDER BY w.start_minute) AS starts,
+       array_agg(w.end_minute ORDER BY w.start_minute) AS ends
+  FROM tenants tn
+  JOIN tariffs t ON t.building_id = tn.building_id AND t.id = tn.tariff_id
+  JOIN tariff_periods p ON p.building_id = t.building_id AND p.tariff_id = t.id
+  JOIN tariff_windows w ON w.building_id = p.building_id AND w.tariff_id = p.tariff_id
+   AND w.period = p.name
+ WHERE tn.id = %(t)s AND (%(qb)s::text IS NULL OR tn.building_id = %(qb)s)
+ GROUP BY t.currency, p.name, p.price_per_kwh
+"""
+
+
+def _tariff(tariff_id: str, rows: list[Any]) -> Tariff:
     if not rows:
         raise not_found(f"tariff {tariff_id!r}")
     return Tariff(
@@ -136,8 +141,7 @@ async def tenant_bill(
     check_tenant(who, tenant, building)
 
     async def make() -> Response:
-        async with open_scope(pool, who) as s:
-            bill = await _bill(request, s, tenant, building, month)
+        bill = await _bill(request, pool, who, tenant, building, month)
         if format == "csv":
             lines = [("period", "price_per_kwh", "kwh", "cost", "currency")]
             lines += [
@@ -155,31 +159,32 @@ async def tenant_bill(
     return await cached(request, who, make)
 
 
-async def _bill(request: Request, s: Scope, tenant: str, building: str | None, month: str) -> Bill:
-    """The month's bill: from the per-process bill cache while its data stamp is unchanged."""
-    row = await resolve_tenant(s, tenant, building)
+async def _bill(
+    request: Request, pool: Pool, who: Principal, tenant: str, building: str | None, month: str
+) -> Bill:
+    """The month's bill: from the per-process bill cache while its data stamp is unchanged.
+
+    One round trip finds the tenant and its tariff; a second computes the bill (with the cache
+    on: reads the stamp, and a third computes on a miss)."""
+    params = tenant_params(who, tenant, building)
+    found, tariff_rows = await read_scoped(
+        pool, who, Read(TENANT_SQL, params), Read(_TARIFF_SQL, params)
+    )
+    row = tenant_of(found, tenant)
+    tariff = _tariff(row["tariff_id"], tariff_rows)
     tz = ZoneInfo(row["timezone"])
     year, mon = int(month[:4]), int(month[5:])
     start, end = month_bounds(tz, year, mon)
+    params = {"b": row["building_id"], "t": tenant, "start": start, "end": end}
     cache = bill_cache(request)
     if cache is None:
-        return await _compute(s, row, month, start=start, end=end, tz=tz)
-    params = {"b": row["building_id"], "t": tenant, "start": start, "end": end}
+        return await _compute(pool, who, row, tariff, month, params, tz)
     # Every stored reading moves an hourly rollup's count: a cheap, exact version stamp.
-    cur = await s.conn.execute(
-        f"WITH m AS ({METERS_SQL})"
-        " SELECT coalesce(sum(r.count), 0) AS n, sum(r.energy_kwh) AS kwh,"
-        "        max(r.last_ts) AS last, array_agg(DISTINCT m.id) AS ids"
-        "   FROM m JOIN rollups_1h r ON r.sensor_id = m.id AND m.kind = 'energy'"
-        "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)",
-        params,
-    )
-    stamp = await cur.fetchone()
-    assert stamp is not None
+    ((stamp,),) = await read_scoped(pool, who, Read(_STAMP_SQL, params))
     key = (row["building_id"], tenant, month, stamp["n"], stamp["kwh"], stamp["last"])
     bill = cache.get(key)
     if bill is None:
-        bill = await _compute(s, row, month, start=start, end=end, tz=tz)
+        bill = await _compute(pool, who, row, tariff, month, params, tz)
         cache[key] = bill
         while len(cache) > _CACHE_SIZE:
             cache.popitem(last=False)
@@ -188,16 +193,35 @@ async def _bill(request: Request, s: Scope, tenant: str, building: str | None, m
     return bill
 
 
+_STAMP_SQL = f"""
+WITH m AS ({METERS_SQL})
+SELECT coalesce(sum(r.count), 0) AS n, sum(r.energy_kwh) AS kwh, max(r.last_ts) AS last
+  FROM m JOIN rollups_1h r ON r.sensor_id = m.id AND m.kind = 'energy'
+   AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)
+"""
+
+
 async def _compute(
-    s: Scope, row: dict[str, Any], month: str, *, start: datetime, end: datetime, tz: ZoneInfo
+    pool: Pool,
+    who: Principal,
+    row: dict[str, Any],
+    tariff: Tariff,
+    month: str,
+    params: dict[str, Any],
+    tz: ZoneInfo,
 ) -> Bill:
-    tariff = await _tariff(s, row["building_id"], row["tariff_id"])
+    start, end = params["start"], params["end"]
     width = bin_minutes(tariff, tz, start, end)
-    params: dict[str, Any] = {"b": row["building_id"], "t": row["id"], "start": start, "end": end}
     if width == DEMAND_MINUTES:
-        computed, meters = await _from_quarters(s, tariff, row, params, tz)
+        periods = _array_literal(quarter_periods(tariff, tz, start, end))
+        read = Read(_QUARTERS_SQL, params | {"periods": periods, "start_epoch": start.timestamp()})
+        (rows,) = await read_scoped(pool, who, read)
+        computed, meters = _from_quarters(tariff, row, rows)
     else:
-        computed, meters = await _from_minutes(s, tariff, row, params, tz)
+        (rows,) = await read_scoped(pool, who, Read(_MINUTES_SQL, params))
+        meters = next(r["meters"] for r in rows if r["meters"] is not None)
+        bins = [(r["bin"], r["kwh"]) for r in rows if r["meters"] is None]
+        computed = compute_bill(tariff, tz, row["contracted_kw"], bins)
     return Bill(
         building=row["building_id"],
         tenant=row["id"],
@@ -233,34 +257,33 @@ def _array_literal(values: tuple[int, ...]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
-async def _from_quarters(
-    s: Scope, tariff: Tariff, row: dict[str, Any], params: dict[str, Any], tz: ZoneInfo
+# From the quarter-hour energy rollups (``energy_15m``), summed per time-of-use period in the
+# database: the period of each quarter hour of the month comes as one array.
+_QUARTERS_SQL = (
+    f"WITH m AS ({METERS_SQL}), q AS MATERIALIZED ("
+    "  SELECT r.bucket, sum(r.energy_kwh) AS kwh"
+    "    FROM m JOIN energy_15m r ON r.sensor_id = m.id AND m.kind = 'energy'"
+    "     AND r.bucket >= greatest(m.from_ts, %(start)s)"
+    "     AND r.bucket < least(m.to_ts, %(end)s)"
+    "   GROUP BY r.bucket)"
+    " SELECT 'period' AS what, (SELECT %(periods)s::int[])"  # cast once, not per row
+    "        [(date_part('epoch', q.bucket) - %(start_epoch)s)::int / 900 + 1] AS period,"
+    "        sum(q.kwh) AS kwh, count(*) AS bins, NULL::timestamptz AS at,"
+    "        NULL::text[] AS meters"
+    "   FROM q GROUP BY 2"
+    " UNION ALL (SELECT 'peak', NULL, q.kwh, NULL, q.bucket, NULL FROM q"
+    "             ORDER BY q.kwh DESC, q.bucket LIMIT 1)"
+    f" UNION ALL SELECT 'meters', NULL, NULL, NULL, NULL, coalesce({_METER_IDS}, '{{}}')"
+)
+
+
+def _from_quarters(
+    tariff: Tariff, row: dict[str, Any], rows: list[Any]
 ) -> tuple[ComputedBill, list[str]]:
-    """From the quarter-hour energy rollups (``energy_15m``), summed per time-of-use period in
-    the database: the period of each quarter hour of the month comes as one array."""
-    params["periods"] = _array_literal(quarter_periods(tariff, tz, params["start"], params["end"]))
-    params["start_epoch"] = params["start"].timestamp()
-    cur = await s.conn.execute(
-        f"WITH m AS ({METERS_SQL}), q AS MATERIALIZED ("
-        "  SELECT r.bucket, sum(r.energy_kwh) AS kwh"
-        "    FROM m JOIN energy_15m r ON r.sensor_id = m.id AND m.kind = 'energy'"
-        "     AND r.bucket >= greatest(m.from_ts, %(start)s)"
-        "     AND r.bucket < least(m.to_ts, %(end)s)"
-        "   GROUP BY r.bucket)"
-        " SELECT 'period' AS what, (SELECT %(periods)s::int[])"  # cast once, not per row
-        "        [(date_part('epoch', q.bucket) - %(start_epoch)s)::int / 900 + 1] AS period,"
-        "        sum(q.kwh) AS kwh, count(*) AS bins, NULL::timestamptz AS at,"
-        "        NULL::text[] AS meters"
-        "   FROM q GROUP BY 2"
-        " UNION ALL (SELECT 'peak', NULL, q.kwh, NULL, q.bucket, NULL FROM q"
-        "             ORDER BY q.kwh DESC, q.bucket LIMIT 1)"
-        f" UNION ALL SELECT 'meters', NULL, NULL, NULL, NULL, coalesce({_METER_IDS}, '{{}}')",
-        params,
-    )
-    rows = await cur.fetchall()
+    """The bill of the rows of ``_QUARTERS_SQL``: kWh per period, the peak quarter, meters."""
     by_period = [r for r in rows if r["what"] == "period"]
     peak = next((r for r in rows if r["what"] == "peak"), None)
-    meters = next(r["meters"] for r in rows if r["what"] == "meters")
+    meters: list[str] = next(r["meters"] for r in rows if r["what"] == "meters")
     computed = bill_from_totals(
         tariff,
         row["contracted_kw"],
@@ -272,21 +295,13 @@ async def _from_quarters(
     return computed, meters
 
 
-async def _from_minutes(
-    s: Scope, tariff: Tariff, row: dict[str, Any], params: dict[str, Any], tz: ZoneInfo
-) -> tuple[ComputedBill, list[str]]:
-    """From the 1-minute rollups, priced in Python: for a tariff window or a UTC offset that
-    is not on a quarter hour (where quarter hours in UTC are not local ones)."""
-    cur = await s.conn.execute(
-        f"WITH m AS ({METERS_SQL})"
-        " SELECT r.bucket AS bin, sum(r.energy_kwh) AS kwh, NULL AS meters"
-        "   FROM m JOIN rollups_1m r ON r.sensor_id = m.id AND m.kind = 'energy'"
-        "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)"
-        "  WHERE r.energy_kwh IS NOT NULL GROUP BY 1"
-        f" UNION ALL SELECT NULL, NULL, coalesce({_METER_IDS}, '{{}}')",
-        params,
-    )
-    rows = await cur.fetchall()
-    meters = next(r["meters"] for r in rows if r["meters"] is not None)
-    bins = [(r["bin"], r["kwh"]) for r in rows if r["meters"] is None]
-    return compute_bill(tariff, tz, row["contracted_kw"], bins), meters
+# From the 1-minute rollups, priced in Python: for a tariff window or a UTC offset that is not
+# on a quarter hour (where quarter hours in UTC are not local ones).
+_MINUTES_SQL = (
+    f"WITH m AS ({METERS_SQL})"
+    " SELECT r.bucket AS bin, sum(r.energy_kwh) AS kwh, NULL AS meters"
+    "   FROM m JOIN rollups_1m r ON r.sensor_id = m.id AND m.kind = 'energy'"
+    "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)"
+    "  WHERE r.energy_kwh IS NOT NULL GROUP BY 1"
+    f" UNION ALL SELECT NULL, NULL, coalesce({_METER_IDS}, '{{}}')"
+)

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import Field
 
-from api.auth import Principal, PrincipalDep, Scope, open_scope
+from api.auth import Principal, PrincipalDep, Read, Scope, read_scoped
 from api.common import (
     ID_PATTERN,
     _Strict,
@@ -30,7 +30,7 @@ from api.common import (
     not_found,
     responses,
 )
-from api.db import PoolDep
+from api.db import Pool, PoolDep
 from api.series import (
     From,
     Step,
@@ -85,24 +85,43 @@ def check_tenant(p: Principal, tenant: str, building: str | None) -> None:
         raise not_found(f"tenant {tenant!r}")
 
 
-async def resolve_tenant(s: Scope, tenant: str, building: str | None) -> dict[str, Any]:
-    """The tenant row (with the building's timezone); 404 when absent or not the caller's."""
-    p = s.principal
+# The tenant (``t``) in the building named (``qb``; NULL: any), with its building's timezone.
+TENANT_SQL = """
+SELECT t.building_id, t.id, t.name, t.contracted_kw, t.tariff_id, b.timezone
+  FROM tenants t JOIN buildings b ON b.id = t.building_id
+ WHERE t.id = %(t)s AND (%(qb)s::text IS NULL OR t.building_id = %(qb)s) LIMIT 2
+"""
+
+# METER_WINDOWS_SQL read in the same round trip as TENANT_SQL: the building is the tenant's.
+# (Were two buildings' tenants named ``t``, tenant_of refuses the question.)
+_TENANT_BUILDING = (
+    "(SELECT t.building_id FROM tenants t"
+    " WHERE t.id = %(t)s AND (%(qb)s::text IS NULL OR t.building_id = %(qb)s) LIMIT 1)"
+)
+TENANT_METER_WINDOWS_SQL = METER_WINDOWS_SQL.replace("%(b)s", _TENANT_BUILDING)
+
+
+def tenant_params(p: Principal, tenant: str, building: str | None) -> dict[str, Any]:
+    """The parameters of ``TENANT_SQL`` (and what is read with it) for ``p``'s question about
+    ``tenant``; 404 at once when ``p`` may not ask it."""
     check_tenant(p, tenant, building)
-    if not p.is_operator:
-        building = p.building_id
-    cur = await s.conn.execute(
-        "SELECT t.building_id, t.id, t.name, t.contracted_kw, t.tariff_id, b.timezone"
-        "  FROM tenants t JOIN buildings b ON b.id = t.building_id"
-        " WHERE t.id = %s AND (%s::text IS NULL OR t.building_id = %s) LIMIT 2",
-        (tenant, building, building),
-    )
-    rows = await cur.fetchall()
+    return {"t": tenant, "qb": building if p.is_operator else p.building_id}
+
+
+def tenant_of(rows: list[Any], tenant: str) -> dict[str, Any]:
+    """The row of ``TENANT_SQL``: 404 when there is none (absent, or not the caller's)."""
     if not rows:
         raise not_found(f"tenant {tenant!r}")
     if len(rows) > 1:
         raise bad_query("building", f"several buildings have a tenant {tenant!r}: name one")
-    return rows[0]
+    row: dict[str, Any] = rows[0]
+    return row
+
+
+async def resolve_tenant(s: Scope, tenant: str, building: str | None) -> dict[str, Any]:
+    """The tenant row (with the building's timezone); 404 when absent or not the caller's."""
+    cur = await s.conn.execute(TENANT_SQL, tenant_params(s.principal, tenant, building))
+    return tenant_of(await cur.fetchall(), tenant)
 
 
 class PowerSeries(_Strict):
@@ -143,8 +162,7 @@ async def tenant_power(
         choose_step(chosen, first, last)
 
     async def make() -> Response:
-        async with open_scope(pool, who) as s:
-            series = await _power(s, tenant, building, chosen, first, last)
+        series = await _power(pool, who, tenant, building, chosen, first, last)
         if format == "csv":
             lines = [("start", "power_kw", "energy_kwh")]
             lines += [
@@ -158,13 +176,22 @@ async def tenant_power(
 
 
 async def _power(
-    s: Scope, tenant: str, building: str | None, step: Step, first: datetime, last: datetime
+    pool: Pool,
+    who: Principal,
+    tenant: str,
+    building: str | None,
+    step: Step,
+    first: datetime,
+    last: datetime,
 ) -> PowerSeries:
-    row = await resolve_tenant(s, tenant, building)
+    """Two round trips: the tenant and its meters, then the series (its binning needs the
+    building's timezone, and the meters' windows go in as arrays)."""
+    params = tenant_params(who, tenant, building) | {"start": first, "end": last}
+    found, meters = await read_scoped(
+        pool, who, Read(TENANT_SQL, params), Read(TENANT_METER_WINDOWS_SQL, params)
+    )
+    row = tenant_of(found, tenant)
     tz = ZoneInfo(row["timezone"])
-    params: dict[str, Any] = {"b": row["building_id"], "t": tenant, "start": first, "end": last}
-    cur = await s.conn.execute(METER_WINDOWS_SQL, params)
-    meters = await cur.fetchall()
     table, column = source(step)
     params.update(bin_params(step, tz, first, last))
     # (table, from, to) of each part of the range: for 1d, whole local days from the daily
@@ -202,8 +229,7 @@ async def _power(
         "froms": [m["from_ts"] for m in meters],
         "tos": [m["to_ts"] for m in meters],
     }
-    cur = await s.conn.execute(query, params)
-    bins = await cur.fetchall()
+    (bins,) = await read_scoped(pool, who, Read(query, params))
     return PowerSeries(
         building=row["building_id"],
         tenant=tenant,
