@@ -3,7 +3,7 @@
 Seeds D days of 1-minute history for every sensor of the reference building into a schema of
 its own (:mod:`api.bench_seed`), and measures p50/p99 at 20 concurrent clients of: the live
 floors, a tenant's power for 30 days by day, a floor's load for 24 h by minute, and a tenant's
-bill for the current month, in two phases, each against an API child process of its own
+bill for a month (:func:`bill_month`), in two phases, each against an API child process of its own
 (:mod:`api.bench_client`):
 
 * ``cached``: the same question again and again, the API with its default settings: what a
@@ -19,9 +19,10 @@ object keyed by endpoint: the distinct figures, the cached ones under ``cached``
 
 ``--raw-days R`` seeds readings and 1-minute rollups for the last R days only and hourly
 rollups for all D days. The measured endpoints read nothing else for the older days (the
-tenant's power for 30 days by day reads hourly rollups, the floor's 24 h by minute and the
-month's bill read 1-minute rollups of the last 24 h / the current month, the live floors read
-``sensor_latest``), so ``--days 365 --raw-days 35`` is an honest 365-day run for them.
+tenant's power for 30 days by day reads daily and hourly rollups, the floor's 24 h by minute
+the 1-minute rollups of the last 24 h, the bill the quarter-hour energy of its month (made
+from 1-minute rollups), the live floors ``sensor_latest``), so ``--days 365 --raw-days 35``
+is an honest 365-day run for them.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -134,6 +137,19 @@ def _phase(
     return result
 
 
+def bill_month(tz: ZoneInfo, days: int, now: datetime) -> str:
+    """The month whose bill is measured: of the months of the last ``days`` local days (those
+    with 1-minute history), the one with the most of them, the later of two equal. A complete
+    month whenever the history covers one, and never only a few days: the current month's
+    bill on the 3rd would read three days of it (bills read the month's quarter hours)."""
+    today = now.astimezone(tz).date()
+    counts = Counter(
+        (d.year, d.month) for d in (today - timedelta(days=i) for i in range(max(days, 1)))
+    )
+    year, month = max(counts, key=lambda ym: (counts[ym], ym))
+    return date(year, month, 1).strftime("%Y-%m")
+
+
 def _seed(url: str, building: Building, args: argparse.Namespace) -> dict[str, Any]:
     migrate(url)
     with psycopg.connect(url) as conn:
@@ -156,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
         "--raw-days",
         type=int,
         help="days with readings and 1-minute rollups (default: all); older days get hourly"
-        " rollups only; at least 35 so the current month's bill finds its minutes",
+        " rollups only; at least 35, so the month billed has at least 17 days of minutes",
     )
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.add_argument("--concurrency", type=int, default=20)
@@ -202,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryFile() as log:
         try:
             building = load_building(args.building)
+            now = datetime.now(UTC)
             if args.reuse:
                 migrate(url)  # a schema kept by an older version catches up
             else:
                 seeded = _seed(url, building, args)
             seeded["schema_size"] = _schema_size(url, schema)
+            seeded["bill_month"] = bill_month(building.tz, args.raw_days or args.days, now)
             config = {
                 "concurrency": args.concurrency,
                 "requests": args.requests,
@@ -219,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 "api_url": api_role_conninfo(api_url),
                 "application_name": application_name,
                 "pool": 8,
-                "month": datetime.now(building.tz).strftime("%Y-%m"),
+                "month": seeded["bill_month"],
             }
             load_before = os.getloadavg()
             for i, phase in enumerate(phases):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -25,6 +26,18 @@ def test_every_distinct_question_is_a_different_one() -> None:
     assert floors == {"operator", *tenants}  # the live floors: every principal in turn
     assert {q.ask("tenant_bill_month", k)[0] for k in range(1, 9)} == set(tenants)
     assert q.ask("floor_load_24h_by_minute", 0) == q.ask("floor_load_24h_by_minute", 0)
+
+
+def test_the_bill_measured_is_of_the_month_with_most_history() -> None:
+    shanghai = ZoneInfo("Asia/Shanghai")
+    dec3 = datetime(2026, 12, 3, 6, tzinfo=UTC)
+    assert bench.bill_month(shanghai, 30, dec3) == "2026-11"  # 27 days of it, not 3 of December
+    assert bench.bill_month(shanghai, 35, dec3) == "2026-11"  # all of November
+    assert bench.bill_month(shanghai, 1, dec3) == "2026-12"  # one day: today's month
+    assert bench.bill_month(shanghai, 30, datetime(2026, 11, 22, 6, tzinfo=UTC)) == "2026-11"
+    # the local date decides: 17:00 UTC on 30 November is 1 December in Shanghai
+    assert bench.bill_month(shanghai, 1, datetime(2026, 11, 30, 17, tzinfo=UTC)) == "2026-12"
+    assert bench.bill_month(shanghai, 2, datetime(2026, 11, 30, 17, tzinfo=UTC)) == "2026-12"
 
 
 @pytest.mark.timeout(300)
