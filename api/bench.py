@@ -150,6 +150,12 @@ def bill_month(tz: ZoneInfo, days: int, now: datetime) -> str:
     return date(year, month, 1).strftime("%Y-%m")
 
 
+def _raw_days(args: argparse.Namespace) -> int:
+    """Days of 1-minute history seeded (``--raw-days``, at most ``--days``). With ``--reuse``,
+    counted back from now, as the month billed is: reuse a schema on the day it was seeded."""
+    return int(min(args.raw_days or args.days, args.days))
+
+
 def _seed(url: str, building: Building, args: argparse.Namespace) -> dict[str, Any]:
     migrate(url)
     with psycopg.connect(url) as conn:
@@ -158,7 +164,7 @@ def _seed(url: str, building: Building, args: argparse.Namespace) -> dict[str, A
     rows = seed(url, building, args.days, datetime.now(UTC), args.raw_days)
     took = time.perf_counter() - t0
     print(
-        f"seeded {rows:,} readings and 1-minute rollups ({args.raw_days or args.days} days)"
+        f"seeded {rows:,} readings and 1-minute rollups ({_raw_days(args)} days)"
         f" and hourly rollups ({args.days} days) in {took:.0f} s",
         file=sys.stderr,
     )
@@ -184,7 +190,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--building", type=Path, default=REF_TOWER)
     parser.add_argument("--keep", action="store_true", help="keep the bench schema")
     parser.add_argument(
-        "--reuse", metavar="SCHEMA", help="measure again on a schema kept by --keep (no seeding)"
+        "--reuse",
+        metavar="SCHEMA",
+        help="measure again on a schema kept by --keep (no seeding; give its --days and"
+        " --raw-days, on the day it was seeded)",
     )
     return parser
 
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 seeded = _seed(url, building, args)
             seeded["schema_size"] = _schema_size(url, schema)
-            seeded["bill_month"] = bill_month(building.tz, args.raw_days or args.days, now)
+            seeded["bill_month"] = bill_month(building.tz, _raw_days(args), now)
             config = {
                 "concurrency": args.concurrency,
                 "requests": args.requests,
@@ -279,7 +288,7 @@ def _combine(
     """One object keyed by endpoint: the distinct figures, the cached ones under ``cached``."""
     out: dict[str, Any] = {
         "days": args.days,
-        "raw_days": args.raw_days or args.days,
+        "raw_days": _raw_days(args),
         "concurrency": args.concurrency,
         "workers": args.workers,
         "cpus": os.cpu_count(),

@@ -179,9 +179,10 @@ async def _bill(
     cache = bill_cache(request)
     if cache is None:
         return await _compute(pool, who, row, tariff, month, params, tz)
-    # Every stored reading moves an hourly rollup's count: a cheap, exact version stamp.
+    # Every stored reading moves an hourly rollup's count: a cheap, exact version stamp of the
+    # data; the terms (tariff, prices, contract, name) are read with the tenant every time.
     ((stamp,),) = await read_scoped(pool, who, Read(_STAMP_SQL, params))
-    key = (row["building_id"], tenant, month, stamp["n"], stamp["kwh"], stamp["last"])
+    key = (month, stamp["n"], stamp["kwh"], stamp["last"], *_terms(row, tariff_rows))
     bill = cache.get(key)
     if bill is None:
         bill = await _compute(pool, who, row, tariff, month, params, tz)
@@ -191,6 +192,16 @@ async def _bill(
     else:
         cache.move_to_end(key)
     return bill
+
+
+def _terms(row: dict[str, Any], tariff_rows: list[Any]) -> tuple[Any, ...]:
+    """What besides the data a bill depends on: a change to any of it is another bill."""
+    periods = tuple(
+        (r["name"], r["price_per_kwh"], r["currency"], tuple(r["starts"]), tuple(r["ends"]))
+        for r in tariff_rows
+    )
+    names = ("building_id", "id", "name", "contracted_kw", "tariff_id", "timezone")
+    return (*(row[n] for n in names), periods)
 
 
 _STAMP_SQL = f"""

@@ -70,12 +70,17 @@ def hand_bill(
     }
 
 
-def test_bill_equals_hand_computation(db_url: str) -> None:
+def october(db_url: str) -> tuple[dict[str, Any], str]:
+    """The reference building with October's register readings stored: the hand bill and a
+    token of the meter's tenant."""
     apply(db_url, ref_tower(REF_TOWER))
     rows = register_readings()
     store_readings(db_url, rows)
-    expected = hand_bill(rows)
-    secret = token(db_url, "tenant", "voltcab", "ref-tower")
+    return hand_bill(rows), token(db_url, "tenant", "voltcab", "ref-tower")
+
+
+def test_bill_equals_hand_computation(db_url: str) -> None:
+    expected, secret = october(db_url)
     with client(db_url) as c:
         r = c.get("/api/v1/tenants/voltcab/bill?month=2026-10", headers=bearer(secret))
         assert r.status_code == 200, r.text
@@ -97,6 +102,26 @@ def test_bill_equals_hand_computation(db_url: str) -> None:
     )
     assert bill["start"] == "2026-09-30T16:00:00Z" and bill["bin_minutes"] == 15
     assert bill["meters"] == [METER]
+
+
+def test_a_cached_bill_follows_its_prices_and_contract(db_url: str) -> None:
+    expected, secret = october(db_url)
+    url = "/api/v1/tenants/voltcab/bill?month=2026-10"
+    with client(db_url, api_cache_s=0) as c:  # the bill cache only (on by default)
+        first = c.get(url, headers=bearer(secret)).json()
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE tariff_periods SET price_per_kwh = price_per_kwh * 2 WHERE name = 'peak'"
+            )
+            conn.execute("UPDATE tenants SET contracted_kw = 900 WHERE id = 'voltcab'")
+        second = c.get(url, headers=bearer(secret)).json()
+    assert first["contracted_kw"] == 1800 and second["contracted_kw"] == 900
+    peak = {b["name"]: b for b in second["periods"]}["peak"]
+    assert peak["price_per_kwh"] == 2 * PRICES["peak"]
+    assert peak["cost"] == pytest.approx(round(expected["kwh"]["peak"] * 2 * PRICES["peak"], 2))
+    assert second["contract_utilisation_pct"] == pytest.approx(
+        2 * first["contract_utilisation_pct"], abs=0.02
+    )
 
 
 def test_bill_of_a_month_without_data_is_zero(db_url: str) -> None:

@@ -28,6 +28,10 @@ OPERATOR = Principal(8, "operator", "o")
 
 
 async def _pool_is_clean(pool: Pool) -> None:
+    # as read_scoped returned them, before the pool's check (api.db) could set anything right
+    idle = list(pool._pool)
+    assert idle and all(not c.autocommit for c in idle)
+    assert all(c.info.transaction_status == TransactionStatus.IDLE for c in idle)
     async with pool.connection() as conn:
         assert not conn.autocommit
         assert conn.info.transaction_status == TransactionStatus.IDLE
@@ -73,6 +77,25 @@ async def test_a_failed_read_leaves_the_pool_as_it_was(db_url: str) -> None:
         async with open_scope(pool, OPERATOR) as s:
             cur = await s.conn.execute(_SETTINGS)
             assert await cur.fetchone() == {"role": "operator", "tenant": ""}
+        await _pool_is_clean(pool)
+
+
+async def test_a_cancelled_read_leaves_nothing_behind(db_url: str) -> None:
+    apply(db_url, ref_tower(REF_TOWER))
+    pool = make_pool(api_role_conninfo(db_url), 1, 1)
+    async with pool:
+        task = asyncio.create_task(
+            read_scoped(pool, TENANT, Read(_SETTINGS, ()), Read("SELECT pg_sleep(10)", ()))
+        )
+        await asyncio.sleep(0.3)  # the sleep is running in the tenant's transaction
+        started = asyncio.get_running_loop().time()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert asyncio.get_running_loop().time() - started < 5  # the query was cancelled
+        await pool.check()  # a connection closed on the way out is replaced
+        (settings,) = await read_scoped(pool, OPERATOR, Read(_SETTINGS, ()))
+        assert settings == [{"role": "operator", "tenant": ""}]
         await _pool_is_clean(pool)
 
 

@@ -1,7 +1,8 @@
 """The API benchmark's seed and the backfill of the daily and quarter-hour rollups
 (``backfill_day_quarter_rollups``, migrations 0011 and 0012): with 1-minute history for the
 last days only, every local day still comes out whole, from the hourly rollups where local
-midnights are on UTC hours and from the minutes where they are not (UTC+05:30)."""
+midnights are on UTC hours and from the minutes where they are not (UTC+05:30); and the days
+0011 wrote short are written again from the hours (``backfill_days_from_hours``)."""
 
 from __future__ import annotations
 
@@ -82,11 +83,50 @@ def test_half_hour_offset_days_come_from_the_minutes(db_url: str) -> None:
     apply(db_url, building)
     with psycopg.connect(db_url) as conn:
         conn.execute("UPDATE buildings SET timezone = 'Asia/Kolkata'")
-    seed(db_url, building, 3, NOW, raw_days=3)
+    seed(db_url, building, 4, NOW, raw_days=2)
     days = _days(db_url)
-    assert days
-    for d in days:  # an hourly rollup straddles a +05:30 midnight: only minutes are exact
+    with_minutes = [d for d in days if d["m_count"] is not None]
+    assert with_minutes
+    for d in with_minutes:  # an hourly rollup straddles a +05:30 midnight: minutes are exact
         assert d["count"] == d["m_count"] and _close(d["sum"], d["m_sum"]), d
         assert _close(d["energy_kwh"], d["m_kwh"]), d
-    straddled = [d for d in days if d["count"] != d["h_count"]]
+    straddled = [d for d in with_minutes if d["count"] != d["h_count"]]
     assert straddled  # the hours would have counted wrong: this is the path that matters
+    # days older than the minutes: from the hours that start in them (edges off by 30 min)
+    hours_only = [d for d in days if d["m_count"] is None]
+    assert len(hours_only) >= len(building.sensors)
+    for d in hours_only:
+        assert d["count"] == d["h_count"] and _close(d["sum"], d["h_sum"]), d
+
+
+def test_days_that_0011_wrote_short_are_repaired_from_the_hours(db_url: str) -> None:
+    building = ref_tower(REF_TOWER)
+    apply(db_url, building)
+    seed(db_url, building, 3, NOW, raw_days=3)
+    with psycopg.connect(db_url) as conn:
+        # as 0011 left them: a day counted from a part of its minutes, a day missing
+        short = conn.execute(
+            "UPDATE rollups_1d SET count = count - 7, sum = sum - 1, energy_kwh = energy_kwh / 2"
+            " WHERE ctid IN (SELECT ctid FROM rollups_1d WHERE energy_kwh > 0 LIMIT 20)"
+        ).rowcount
+        gone = conn.execute(
+            "DELETE FROM rollups_1d WHERE ctid IN (SELECT ctid FROM rollups_1d"
+            " ORDER BY sensor_id DESC, bucket LIMIT 5)"
+        ).rowcount
+        longer = conn.execute(  # a day that counts more than its hours is not touched
+            "UPDATE rollups_1d SET count = count + 1000 WHERE ctid IN"
+            " (SELECT ctid FROM rollups_1d ORDER BY sensor_id, bucket LIMIT 1)"
+            " RETURNING sensor_id, bucket, count"
+        ).fetchone()
+        assert (short, gone) == (20, 5) and longer is not None
+        conn.execute("SELECT backfill_days_from_hours()")
+        assert conn.execute(
+            "SELECT count FROM rollups_1d WHERE sensor_id = %s AND bucket = %s", longer[:2]
+        ).fetchone() == (longer[2],)
+        conn.execute("DELETE FROM rollups_1d WHERE sensor_id = %s AND bucket = %s", longer[:2])
+        conn.execute("SELECT backfill_days_from_hours()")
+    days = _days(db_url)
+    assert {len([d for d in days if d["sensor_id"] == s.id]) for s in building.sensors} == {4}
+    for d in days:
+        assert d["count"] == d["h_count"] and _close(d["sum"], d["h_sum"]), d
+        assert _close(d["energy_kwh"], d["h_kwh"]), d

@@ -23,11 +23,10 @@ ALTER TABLE energy_15m SET (autovacuum_vacuum_scale_factor = 0.02,
 -- short, and planned without statistics (a freshly COPYed history, as `upstairs bench api
 -- --days 365 --raw-days 35` seeds), the subquery scanned a sensor's every minute per hourly
 -- row: a 365-day backfill ran for more than 15 minutes instead of seconds.
-CREATE OR REPLACE FUNCTION backfill_day_quarter_rollups() RETURNS void LANGUAGE sql AS $$
-    INSERT INTO energy_15m (sensor_id, bucket, energy_kwh)
-    SELECT sensor_id, date_bin('15 minutes', bucket, 'epoch'), sum(energy_kwh)
-      FROM rollups_1m WHERE energy_kwh IS NOT NULL GROUP BY 1, 2
-    ON CONFLICT (sensor_id, bucket) DO UPDATE SET energy_kwh = excluded.energy_kwh;
+--
+-- backfill_days_from_hours() writes a day from its hours where that is exact, over a day
+-- that counts fewer readings (one that 0011 wrote short), and leaves every other day alone.
+CREATE FUNCTION backfill_days_from_hours() RETURNS void LANGUAGE sql AS $$
     INSERT INTO rollups_1d AS r (sensor_id, bucket, count, sum, min, max, last_ts, last_value,
                                  energy_kwh)
     SELECT h.sensor_id, date_trunc('day', h.bucket, b.timezone), sum(h.count), sum(h.sum),
@@ -42,7 +41,24 @@ CREATE OR REPLACE FUNCTION backfill_day_quarter_rollups() RETURNS void LANGUAGE 
                                + interval '1 day') AT TIME ZONE b.timezone, 'UTC')
                = (date_trunc('day', h.bucket, b.timezone) AT TIME ZONE b.timezone
                   + interval '1 day') AT TIME ZONE b.timezone
-    ON CONFLICT (sensor_id, bucket) DO NOTHING;
+    ON CONFLICT (sensor_id, bucket) DO UPDATE
+       SET count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max,
+           last_ts = excluded.last_ts, last_value = excluded.last_value,
+           energy_kwh = excluded.energy_kwh
+     WHERE r.count < excluded.count;
+$$;
+
+-- Then the minutes, for the days the hours cannot give exactly; last, a day of a half-hour
+-- offset with no minute at all (history older than the 1-minute rollups) from the hours that
+-- start in it, as 0011 did: its edges are off by the half hour, and the API does not read
+-- such days (tenant power by day reads hourly rollups where midnights are off the UTC hour,
+-- api.series.whole_days); Grafana's daily panels would have no row for them otherwise.
+CREATE OR REPLACE FUNCTION backfill_day_quarter_rollups() RETURNS void LANGUAGE sql AS $$
+    INSERT INTO energy_15m (sensor_id, bucket, energy_kwh)
+    SELECT sensor_id, date_bin('15 minutes', bucket, 'epoch'), sum(energy_kwh)
+      FROM rollups_1m WHERE energy_kwh IS NOT NULL GROUP BY 1, 2
+    ON CONFLICT (sensor_id, bucket) DO UPDATE SET energy_kwh = excluded.energy_kwh;
+    SELECT backfill_days_from_hours();
     INSERT INTO rollups_1d AS r (sensor_id, bucket, count, sum, min, max, last_ts, last_value,
                                  energy_kwh)
     SELECT m.sensor_id, date_trunc('day', m.bucket, b.timezone), sum(m.count), sum(m.sum),
@@ -52,4 +68,17 @@ CREATE OR REPLACE FUNCTION backfill_day_quarter_rollups() RETURNS void LANGUAGE 
       JOIN buildings b ON b.id = s.building_id
      GROUP BY 1, 2
     ON CONFLICT (sensor_id, bucket) DO NOTHING;
+    INSERT INTO rollups_1d AS r (sensor_id, bucket, count, sum, min, max, last_ts, last_value,
+                                 energy_kwh)
+    SELECT h.sensor_id, date_trunc('day', h.bucket, b.timezone), sum(h.count), sum(h.sum),
+           min(h.min), max(h.max), max(h.last_ts),
+           (array_agg(h.last_value ORDER BY h.last_ts DESC))[1], sum(h.energy_kwh)
+      FROM rollups_1h h JOIN sensors s ON s.id = h.sensor_id
+      JOIN buildings b ON b.id = s.building_id
+     GROUP BY 1, 2
+    ON CONFLICT (sensor_id, bucket) DO NOTHING;
 $$;
+
+-- Repair what 0011 wrote short on a database that already had history.
+SELECT backfill_days_from_hours();
+ANALYZE rollups_1d;
