@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
+from api import tenants
 from api.history import shared_axis, time_ordered
 from tests.api_helpers import apply, bearer, client, ref_tower, store_readings, token
 from tests.conftest import REF_TOWER
@@ -61,7 +62,9 @@ def test_floor_history_shares_one_axis_with_nulls_for_missing_steps(db_url: str)
     assert {s["sensor"]: s["avg"] for s in five["series"]}["ref-f03-load-z3"] == [None, 300.0]
 
 
-def test_days_are_local_days_of_the_building(db_url: str) -> None:
+def _local_days(db_url: str) -> tuple[datetime, dict[str, str], str]:
+    """Power readings either side of a local midnight: (the first day, a tenant's header, the
+    window's query)."""
     apply(db_url, ref_tower(REF_TOWER))
     first = datetime(2026, 3, 10, tzinfo=TZ)
     rows = [
@@ -71,7 +74,11 @@ def test_days_are_local_days_of_the_building(db_url: str) -> None:
     ]
     store_readings(db_url, [(s, t.astimezone(UTC), v) for s, t, v in rows])
     tenant = bearer(token(db_url, "tenant", "northbridge", "ref-tower"))
-    window = f"&from={iso(first)}&to={iso(first + timedelta(days=3))}"
+    return first, tenant, f"&from={iso(first)}&to={iso(first + timedelta(days=3))}"
+
+
+def test_days_are_local_days_of_the_building(db_url: str) -> None:
+    first, tenant, window = _local_days(db_url)
     with client(db_url) as c:
         h = c.get(
             f"/api/v1/sensors/ref-f03-power-northbridge/readings?step=1d{window}", headers=tenant
@@ -81,6 +88,26 @@ def test_days_are_local_days_of_the_building(db_url: str) -> None:
     assert h["t"] == days and h["series"][0]["avg"] == [10.0, 40.0]
     assert h["series"][0]["energy_kwh"] is None  # a power meter
     assert power["t"] == days and power["power_kw"] == [10.0, 40.0]
+
+
+def test_power_is_right_whatever_the_process_guessed(db_url: str) -> None:
+    """Tenant power reads its series with the tenant when the process's guess of the tenant's
+    building and time zone holds; a wrong guess is found out and read again."""
+    first, tenant, window = _local_days(db_url)
+    key = ("northbridge", "ref-tower")
+    right = ("ref-tower", "Asia/Shanghai")
+    guesses = [None, ("ref-tower", "UTC"), ("elsewhere", "Asia/Shanghai"), right, right]
+    with client(db_url, api_cache_s=0) as c:
+        for guess in guesses:
+            if guess is None:
+                tenants._WHERE.pop(key, None)
+            else:
+                tenants._WHERE[key] = guess
+            path = f"/api/v1/tenants/northbridge/power?step=1d{window}"
+            power = c.get(path, headers=tenant).json()
+            assert power["t"] == [iso(first), iso(first + timedelta(days=1))], guess
+            assert power["power_kw"] == [10.0, 40.0], guess  # by UTC days: [20.0, 50.0]
+            assert tenants._WHERE[key] == right
 
 
 def test_energy_registers_have_kwh_per_step(db_url: str) -> None:
