@@ -113,3 +113,41 @@ async def test_late_shuffled_duplicates(db_url, mqtt):
         " WHERE l.ts = r.ts AND l.value = r.value",
     )
     assert newest == len(sensors)
+
+
+def test_a_local_day_that_starts_at_one_in_the_morning(db_url):
+    """America/Santiago, 6 September 2026: daylight saving time starts at midnight, so the
+    local day runs from 01:00 (04:00 UTC) to the next midnight (03:00 UTC), 23 hours. Its
+    energy is its own, not also the next day's first hour (the rollup refresh's path)."""
+    add_sensors(db_url, [SensorRow("e1", "energy", 1), SensorRow("p1", "power", 1)])
+    start = datetime(2026, 9, 5, 23, 0, tzinfo=UTC)  # 19:00 local, the day before
+    readings = [
+        (sensor, start + timedelta(minutes=5 * k), 1000.0 + 2.5 * k + (k % 3) * 0.25)
+        for k in range(12 * 40)  # 40 hours: into the day after
+        for sensor in ("e1", "p1")
+    ]
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE buildings SET timezone = 'America/Santiago'")
+        conn.execute("SELECT ensure_readings_partition(%s)", (start,))
+        with conn.cursor().copy("COPY readings (sensor_id, ts, value) FROM STDIN") as copy:
+            for row in readings:
+                copy.write_row(row)
+        with conn.cursor().copy(
+            "COPY rollup_pending (sensor_id, bucket, count, sum, min, max, last_ts, last_value)"
+            " FROM STDIN"
+        ) as copy:
+            for sensor, ts, value in readings:
+                copy.write_row((sensor, ts, 1, value, value, value, ts, value))
+        conn.commit()
+        while scalar(db_url, "SELECT count(*) FROM rollup_pending"):
+            conn.execute("SELECT refresh_rollups(100000)")
+            conn.commit()
+        day = datetime(2026, 9, 6, 4, 0, tzinfo=UTC)
+        kwh = conn.execute(
+            "SELECT energy_kwh FROM rollups_1d WHERE sensor_id = 'e1' AND bucket = %s", (day,)
+        ).fetchone()
+    # 23 hours of readings every 5 minutes, each 2.5 kWh plus the 0.25 steps of k % 3
+    inside = [v for s, t, v in readings if s == "e1" and day <= t < day + timedelta(hours=23)]
+    before = next(v for s, t, v in reversed(readings) if s == "e1" and t < day)
+    assert kwh is not None and abs(kwh[0] - (inside[-1] - before)) < 1e-9
+    assert_rollups_match_raw(db_url)
