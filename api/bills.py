@@ -9,6 +9,7 @@ unchanged (docs/api.md, "Bills").
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any
@@ -159,49 +160,102 @@ async def tenant_bill(
     return await cached(request, who, make)
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What a process last read of a tenant's bill terms: its building, time zone and tariff
+    (rows as read, and parsed)."""
+
+    building: str
+    timezone: str
+    tariff_id: str
+    tariff_rows: tuple[Any, ...]
+    tariff: Tariff
+
+
+#: (tenant, building asked for) -> _Seen, per process: the bill's own read goes in the same
+#: round trip as the tenant and its tariff when these still hold (checked against what that
+#: round trip reads); otherwise a second round trip reads it.
+_SEEN: OrderedDict[tuple[str, str | None], _Seen] = OrderedDict()
+_SEEN_SIZE = 4096
+
+
 async def _bill(
     request: Request, pool: Pool, who: Principal, tenant: str, building: str | None, month: str
 ) -> Bill:
     """The month's bill: from the per-process bill cache while its data stamp is unchanged.
 
-    One round trip finds the tenant and its tariff; a second computes the bill (with the cache
-    on: reads the stamp, and a third computes on a miss)."""
-    params = tenant_params(who, tenant, building)
-    found, tariff_rows = await read_scoped(
-        pool, who, Read(TENANT_SQL, params), Read(_TARIFF_SQL, params)
-    )
-    row = tenant_of(found, tenant)
-    tariff = _tariff(row["tariff_id"], tariff_rows)
-    tz = ZoneInfo(row["timezone"])
-    year, mon = int(month[:4]), int(month[5:])
-    start, end = month_bounds(tz, year, mon)
-    params = {"b": row["building_id"], "t": tenant, "start": start, "end": end}
+    One round trip reads the tenant, its tariff and (when the process has seen the tenant's
+    terms before and they still hold) the bill's quarter hours or, with the bill cache on,
+    the stamp; a bill not in the cache, or terms not seen before, take one more."""
+    asked = tenant_params(who, tenant, building)
+    key = (tenant, asked["qb"])
+    seen = _SEEN.get(key)
     cache = bill_cache(request)
+    reads = [Read(TENANT_SQL, asked), Read(_TARIFF_SQL, asked)]
+    if seen is not None:
+        zone = ZoneInfo(seen.timezone)
+        guess = _month_params(seen.building, tenant, zone, month)
+        reads.append(
+            _compute_read(seen.tariff, zone, guess) if cache is None else _stamp_read(guess)
+        )
+    found, tariff_rows, *early = await read_scoped(pool, who, *reads)
+    row = tenant_of(found, tenant)
+    rows = tuple(_tariff_row(r) for r in tariff_rows)
+    hit = seen is not None and (seen.building, seen.timezone, seen.tariff_id, seen.tariff_rows) == (
+        row["building_id"], row["timezone"], row["tariff_id"], rows
+    )  # fmt: skip
+    if seen is None or not hit:
+        seen = _Seen(
+            row["building_id"], row["timezone"], row["tariff_id"], rows,
+            _tariff(row["tariff_id"], tariff_rows),
+        )  # fmt: skip
+    _SEEN[key] = seen
+    _SEEN.move_to_end(key)
+    while len(_SEEN) > _SEEN_SIZE:
+        _SEEN.popitem(last=False)
+    tz = ZoneInfo(row["timezone"])
+    params = _month_params(row["building_id"], tenant, tz, month)
+
+    async def compute(given: list[Any] | None = None) -> Bill:
+        read = _compute_read(seen.tariff, tz, params)
+        (found_rows,) = [given] if given is not None else await read_scoped(pool, who, read)
+        return _computed(row, seen.tariff, month, params, tz, found_rows)
+
     if cache is None:
-        return await _compute(pool, who, row, tariff, month, params, tz)
+        return await compute(early[0] if hit else None)
     # Every stored reading moves an hourly rollup's count: a cheap, exact version stamp of the
     # data; the terms (tariff, prices, contract, name) are read with the tenant every time.
-    ((stamp,),) = await read_scoped(pool, who, Read(_STAMP_SQL, params))
-    key = (month, stamp["n"], stamp["kwh"], stamp["last"], *_terms(row, tariff_rows))
-    bill = cache.get(key)
+    ((stamp,),) = early if hit else await read_scoped(pool, who, _stamp_read(params))
+    cache_key = (month, stamp["n"], stamp["kwh"], stamp["last"], *_terms(row, rows))
+    bill = cache.get(cache_key)
     if bill is None:
-        bill = await _compute(pool, who, row, tariff, month, params, tz)
-        cache[key] = bill
+        bill = await compute()
+        cache[cache_key] = bill
         while len(cache) > _CACHE_SIZE:
             cache.popitem(last=False)
     else:
-        cache.move_to_end(key)
+        cache.move_to_end(cache_key)
     return bill
 
 
-def _terms(row: dict[str, Any], tariff_rows: list[Any]) -> tuple[Any, ...]:
+def _month_params(building: str, tenant: str, tz: ZoneInfo, month: str) -> dict[str, Any]:
+    start, end = month_bounds(tz, int(month[:4]), int(month[5:]))
+    return {"b": building, "t": tenant, "start": start, "end": end}
+
+
+def _tariff_row(r: Any) -> tuple[Any, ...]:
+    """A row of ``_TARIFF_SQL`` as a comparable tuple."""
+    return (r["name"], r["price_per_kwh"], r["currency"], tuple(r["starts"]), tuple(r["ends"]))
+
+
+def _stamp_read(params: dict[str, Any]) -> Read:
+    return Read(_STAMP_SQL, params)
+
+
+def _terms(row: dict[str, Any], tariff_rows: tuple[Any, ...]) -> tuple[Any, ...]:
     """What besides the data a bill depends on: a change to any of it is another bill."""
-    periods = tuple(
-        (r["name"], r["price_per_kwh"], r["currency"], tuple(r["starts"]), tuple(r["ends"]))
-        for r in tariff_rows
-    )
     names = ("building_id", "id", "name", "contracted_kw", "tariff_id", "timezone")
-    return (*(row[n] for n in names), periods)
+    return (*(row[n] for n in names), tariff_rows)
 
 
 _STAMP_SQL = f"""
@@ -212,24 +266,30 @@ SELECT coalesce(sum(r.count), 0) AS n, sum(r.energy_kwh) AS kwh, max(r.last_ts) 
 """
 
 
-async def _compute(
-    pool: Pool,
-    who: Principal,
+def _compute_read(tariff: Tariff, tz: ZoneInfo, params: dict[str, Any]) -> Read:
+    """The read of a bill (see ``_computed``): the month's quarter hours summed per period in
+    the database, or its minutes where a window or the offset is off the quarter hours."""
+    start, end = params["start"], params["end"]
+    if bin_minutes(tariff, tz, start, end) == DEMAND_MINUTES:
+        periods = _array_literal(quarter_periods(tariff, tz, start, end))
+        return Read(_QUARTERS_SQL, params | {"periods": periods, "start_epoch": start.timestamp()})
+    return Read(_MINUTES_SQL, params)
+
+
+def _computed(
     row: dict[str, Any],
     tariff: Tariff,
     month: str,
     params: dict[str, Any],
     tz: ZoneInfo,
+    rows: list[Any],
 ) -> Bill:
+    """The bill of the rows of ``_compute_read``."""
     start, end = params["start"], params["end"]
     width = bin_minutes(tariff, tz, start, end)
     if width == DEMAND_MINUTES:
-        periods = _array_literal(quarter_periods(tariff, tz, start, end))
-        read = Read(_QUARTERS_SQL, params | {"periods": periods, "start_epoch": start.timestamp()})
-        (rows,) = await read_scoped(pool, who, read)
         computed, meters = _from_quarters(tariff, row, rows)
     else:
-        (rows,) = await read_scoped(pool, who, Read(_MINUTES_SQL, params))
         meters = next(r["meters"] for r in rows if r["meters"] is not None)
         bins = [(r["bin"], r["kwh"]) for r in rows if r["meters"] is None]
         computed = compute_bill(tariff, tz, row["contracted_kw"], bins)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
+from api import bills
 from tests.api_helpers import apply, bearer, client, ref_tower, store_readings, token
 from tests.conftest import REF_TOWER
 
@@ -122,6 +124,34 @@ def test_a_cached_bill_follows_its_prices_and_contract(db_url: str) -> None:
     assert second["contract_utilisation_pct"] == pytest.approx(
         2 * first["contract_utilisation_pct"], abs=0.02
     )
+
+
+@pytest.mark.parametrize("bill_cache", [True, False])
+def test_the_bill_is_right_whatever_the_process_guessed(db_url: str, bill_cache: bool) -> None:
+    """The bill's own read goes with the tenant's when the process's guess of the tenant's
+    building, time zone and tariff holds; a wrong guess is found out and read again."""
+    expected, secret = october(db_url)
+    key = ("voltcab", "ref-tower")
+    url = "/api/v1/tenants/voltcab/bill?month=2026-10"
+    with client(db_url, api_cache_s=0, api_bill_cache=bill_cache) as c:
+        bills._SEEN.pop(key, None)
+        assert c.get(url, headers=bearer(secret)).status_code == 200
+        right = bills._SEEN[key]
+        twice = replace(right, tariff=right.tariff.model_copy(update={"currency": "XXX"}))
+        wrong = [
+            replace(right, timezone="UTC"),
+            replace(right, building="elsewhere"),
+            replace(right, tariff_rows=right.tariff_rows[1:]),  # prices changed since
+            replace(twice, tariff_rows=right.tariff_rows[:1] + right.tariff_rows[:1]),
+            right,
+        ]
+        for guess in wrong:
+            bills._SEEN[key] = guess
+            bill = c.get(url, headers=bearer(secret)).json()
+            assert bill["currency"] != "XXX" and bill["start"] == "2026-09-30T16:00:00Z", guess
+            assert bill["total_kwh"] == pytest.approx(expected["total_kwh"], abs=1e-3), guess
+            assert bill["peak_demand_kw"] == pytest.approx(expected["peak_kw"], abs=1e-3)
+            assert bills._SEEN[key] == right
 
 
 def test_bill_of_a_month_without_data_is_zero(db_url: str) -> None:
