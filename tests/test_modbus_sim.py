@@ -13,7 +13,7 @@ from core.building_file import load_building
 from core.registers import ENERGY_MODULUS_KWH, REGISTER_MAP, unit_ids
 from simulators.modbus_sim import FieldDevices, run_modbus_simulator, serve_modbus
 from tests.conftest import REF_TOWER
-from tests.test_gateway_support import free_port, make_building
+from tests.test_gateway_support import free_port, free_ports, make_building
 
 
 async def _read(client: AsyncModbusTcpClient, building: Building, sensor_id: str) -> float | int:
@@ -113,7 +113,7 @@ async def test_rollover_scenario_wraps_an_energy_register() -> None:
 
 async def test_reference_tower_one_server_per_floor() -> None:
     building = load_building(REF_TOWER)
-    port_base = free_port() - 2
+    port_base = free_ports(2) - 1  # floors 1 and 2: port_base + 1, + 2
     stop = asyncio.Event()
     task = asyncio.create_task(
         run_modbus_simulator(building, port_base=port_base, floors=[1, 2], stop=stop)
