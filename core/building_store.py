@@ -196,6 +196,8 @@ def apply_building(conn: psycopg.Connection[Any], building: Building) -> ApplyRe
             # The buildings row stays locked (even when unchanged) to the end: concurrent
             # applies of one building queue up instead of interleaving.
             alert_config = building.alerts.model_dump_json()
+            cur.execute("SELECT timezone FROM buildings WHERE id = %s FOR UPDATE", (b,))
+            before = cur.fetchone()
             head = [(b, building.name, building.timezone, alert_config)]
             ins["buildings"], upd["buildings"] = _upsert(cur, _BUILDINGS, b, head)
             _refuse_foreign_sensors(cur, building)
@@ -211,6 +213,11 @@ def apply_building(conn: psycopg.Connection[Any], building: Building) -> ApplyRe
             upd["sensors"] += len(was_active) - deactivated  # inactive ones let go of a zone
             for table in (_TENANTS, _ZONES, _FLOORS, _PERIODS, _TARIFFS):
                 dele[table.name] = _delete_missing(cur, table, b, rows[table])
+            if before is not None and before[0] != building.timezone:
+                # local days of the old zone: built again (a rollup refresh running meanwhile
+                # may still put its minutes on the old days; apply with the ingest stopped)
+                rebuilt = cur.execute("SELECT rebuild_local_days(%s)", (b,)).fetchone()
+                upd["rollups_1d"] = int(rebuilt[0]) if rebuilt else 0
             result = ApplyResult(b, dict(+ins), dict(+upd), dict(+dele), deactivated)
             if result.changed:
                 cur.execute("UPDATE buildings SET updated_at = now() WHERE id = %s", (b,))

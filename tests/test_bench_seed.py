@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from api.bench_seed import seed
+from core.building_store import apply_building
 from tests.api_helpers import apply, ref_tower
 from tests.conftest import REF_TOWER
 
@@ -130,3 +131,24 @@ def test_days_that_0011_wrote_short_are_repaired_from_the_hours(db_url: str) -> 
     for d in days:
         assert d["count"] == d["h_count"] and _close(d["sum"], d["h_sum"]), d
         assert _close(d["energy_kwh"], d["h_kwh"]), d
+
+
+def test_a_changed_time_zone_rebuilds_the_local_days(db_url: str) -> None:
+    building = ref_tower(REF_TOWER)
+    apply(db_url, building)
+    seed(db_url, building, 3, NOW, raw_days=2)  # days of Asia/Shanghai, the file's zone
+    moved = building.model_copy(update={"timezone": "Asia/Kolkata"})
+    with psycopg.connect(db_url) as conn:
+        result = apply_building(conn, moved)
+    assert result.updated.get("rollups_1d", 0) > 0, result
+    days = _days(db_url)  # now against Kolkata's days (the query reads the building's zone)
+    with_minutes = [d for d in days if d["m_count"] is not None]
+    assert len(with_minutes) >= 2 * len(building.sensors)
+    for d in with_minutes:  # +05:30: exact from the minutes
+        assert d["count"] == d["m_count"] and _close(d["sum"], d["m_sum"]), d
+    for d in days:
+        if d["m_count"] is None:  # older: from the hours that start in the day
+            assert d["count"] == d["h_count"] and _close(d["sum"], d["h_sum"]), d
+    with psycopg.connect(db_url) as conn:
+        again = apply_building(conn, moved)
+    assert "rollups_1d" not in again.updated  # the same zone: nothing rebuilt

@@ -26,7 +26,8 @@ ALTER TABLE energy_15m SET (autovacuum_vacuum_scale_factor = 0.02,
 --
 -- backfill_days_from_hours() writes a day from its hours where that is exact, over a day
 -- that counts fewer readings (one that 0011 wrote short), and leaves every other day alone.
-CREATE FUNCTION backfill_days_from_hours() RETURNS void LANGUAGE sql AS $$
+CREATE FUNCTION backfill_days_from_hours(only_building text DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$
     INSERT INTO rollups_1d AS r (sensor_id, bucket, count, sum, min, max, last_ts, last_value,
                                  energy_kwh)
     SELECT h.sensor_id, date_trunc('day', h.bucket, b.timezone), sum(h.count), sum(h.sum),
@@ -34,6 +35,7 @@ CREATE FUNCTION backfill_days_from_hours() RETURNS void LANGUAGE sql AS $$
            (array_agg(h.last_value ORDER BY h.last_ts DESC))[1], sum(h.energy_kwh)
       FROM rollups_1h h JOIN sensors s ON s.id = h.sensor_id
       JOIN buildings b ON b.id = s.building_id
+     WHERE only_building IS NULL OR b.id = only_building
      GROUP BY 1, 2, b.timezone
     HAVING date_trunc('hour', date_trunc('day', h.bucket, b.timezone), 'UTC')
                = date_trunc('day', h.bucket, b.timezone)
@@ -53,12 +55,9 @@ $$;
 -- start in it, as 0011 did: its edges are off by the half hour, and the API does not read
 -- such days (tenant power by day reads hourly rollups where midnights are off the UTC hour,
 -- api.series.whole_days); Grafana's daily panels would have no row for them otherwise.
-CREATE OR REPLACE FUNCTION backfill_day_quarter_rollups() RETURNS void LANGUAGE sql AS $$
-    INSERT INTO energy_15m (sensor_id, bucket, energy_kwh)
-    SELECT sensor_id, date_bin('15 minutes', bucket, 'epoch'), sum(energy_kwh)
-      FROM rollups_1m WHERE energy_kwh IS NOT NULL GROUP BY 1, 2
-    ON CONFLICT (sensor_id, bucket) DO UPDATE SET energy_kwh = excluded.energy_kwh;
-    SELECT backfill_days_from_hours();
+-- backfill_days does that for every building's days, or for one building's.
+CREATE FUNCTION backfill_days(only_building text DEFAULT NULL) RETURNS void LANGUAGE sql AS $$
+    SELECT backfill_days_from_hours(only_building);
     INSERT INTO rollups_1d AS r (sensor_id, bucket, count, sum, min, max, last_ts, last_value,
                                  energy_kwh)
     SELECT m.sensor_id, date_trunc('day', m.bucket, b.timezone), sum(m.count), sum(m.sum),
@@ -66,6 +65,7 @@ CREATE OR REPLACE FUNCTION backfill_day_quarter_rollups() RETURNS void LANGUAGE 
            (array_agg(m.last_value ORDER BY m.last_ts DESC))[1], sum(m.energy_kwh)
       FROM rollups_1m m JOIN sensors s ON s.id = m.sensor_id
       JOIN buildings b ON b.id = s.building_id
+     WHERE only_building IS NULL OR b.id = only_building
      GROUP BY 1, 2
     ON CONFLICT (sensor_id, bucket) DO NOTHING;
     INSERT INTO rollups_1d AS r (sensor_id, bucket, count, sum, min, max, last_ts, last_value,
@@ -75,8 +75,28 @@ CREATE OR REPLACE FUNCTION backfill_day_quarter_rollups() RETURNS void LANGUAGE 
            (array_agg(h.last_value ORDER BY h.last_ts DESC))[1], sum(h.energy_kwh)
       FROM rollups_1h h JOIN sensors s ON s.id = h.sensor_id
       JOIN buildings b ON b.id = s.building_id
+     WHERE only_building IS NULL OR b.id = only_building
      GROUP BY 1, 2
     ON CONFLICT (sensor_id, bucket) DO NOTHING;
+$$;
+
+CREATE OR REPLACE FUNCTION backfill_day_quarter_rollups() RETURNS void LANGUAGE sql AS $$
+    INSERT INTO energy_15m (sensor_id, bucket, energy_kwh)
+    SELECT sensor_id, date_bin('15 minutes', bucket, 'epoch'), sum(energy_kwh)
+      FROM rollups_1m WHERE energy_kwh IS NOT NULL GROUP BY 1, 2
+    ON CONFLICT (sensor_id, bucket) DO UPDATE SET energy_kwh = excluded.energy_kwh;
+    SELECT backfill_days();
+$$;
+
+-- A building whose time zone changed (core.building_store.apply_building): its daily rollups
+-- were days of the old zone; they are built again from its hours and minutes.
+-- Returns the number of daily rollups the building has now.
+CREATE FUNCTION rebuild_local_days(building text) RETURNS bigint LANGUAGE sql AS $$
+    DELETE FROM rollups_1d d USING sensors s
+     WHERE s.id = d.sensor_id AND s.building_id = building;
+    SELECT backfill_days(building);
+    SELECT count(*) FROM rollups_1d d JOIN sensors s ON s.id = d.sensor_id
+     WHERE s.building_id = building;
 $$;
 
 -- Repair what 0011 wrote short on a database that already had history.
