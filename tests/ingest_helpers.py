@@ -28,6 +28,7 @@ from core.settings import DatabaseSettings, MqttSettings
 from core.topics import telemetry_topic
 from ingest.service import run_ingester
 from ingest.settings import IngestSettings
+from upstairs.embedded import free_port
 
 BUILDING = "b1"
 
@@ -73,12 +74,6 @@ def standard_sensors(per_floor: int = 4, floors: Sequence[int] = (1, 2, 3)) -> l
         for f in floors
         for i in range(per_floor)
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def settings_for(db_url: str, mqtt_url: str, prefix: str, **overrides: object) -> IngestSettings:

@@ -6,7 +6,6 @@ import asyncio
 import http.server
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from tests.alerts_helpers import (
     store_building,
     wait_for,
 )
+from upstairs.embedded import free_port
 
 QUIET = {"staleness": {"intervals": 1000}}
 
@@ -109,15 +109,9 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_webhook_receiver_down_for_60_s_loses_nothing(db_url, mqtt) -> None:
     store_building(db_url, ref_tower(**QUIET, zone_load={"on_delay_s": 0}))
-    port = _free_port()
+    port = free_port()
     secret = "s3cret-for-tests"
     settings = settings_for(
         db_url, mqtt, webhook_urls=[f"http://127.0.0.1:{port}/hook"], webhook_secret=secret,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT, MqttTarget
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from upstairs.embedded import free_port
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -83,7 +76,7 @@ def _assert_nothing_left(seen: set[int], data_dir: Path) -> None:
 
 
 def _run_demo_and_stop(env: dict[str, str], data_dir: Path, *extra: str) -> None:
-    port = _free_port()
+    port = free_port()
     # A second run rotates the demo tokens: never read the previous run's file.
     (data_dir / "demo-credentials.json").unlink(missing_ok=True)
     started = time.monotonic()
@@ -179,7 +172,7 @@ def test_ctrl_c_while_starting_stops_everything(
     data_dir = tmp_session_dir / f"demo-early-{mqtt.prefix.strip('/')}"
     env = dict(service_env)
     env["UPSTAIRS_INGEST_METRICS_PORT"] = "0"
-    demo = _start_demo(env, data_dir, _free_port())
+    demo = _start_demo(env, data_dir, free_port())
     assert demo.stdout is not None
     lines: list[bytes] = []
     seen: set[int] = set()

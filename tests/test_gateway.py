@@ -14,7 +14,6 @@ from simulators.modbus_sim import FieldDevices, serve_modbus
 from tests.conftest import MqttTarget
 from tests.test_gateway_support import (
     Collector,
-    free_port,
     gateway_env,
     make_building,
     settings_for,
@@ -22,6 +21,7 @@ from tests.test_gateway_support import (
     wait_until,
     write_building,
 )
+from upstairs.embedded import free_port
 
 
 async def test_readings_flow_with_poll_times_and_sequence(mqtt: MqttTarget, tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ from simulators.modbus_sim import FieldDevices, serve_modbus
 from tests.test_gateway_support import (
     Collector,
     PrivateBroker,
-    free_port,
     gateway_env,
     make_building,
     settings_for,
@@ -36,6 +35,7 @@ from tests.test_gateway_support import (
     wait_until,
     write_building,
 )
+from upstairs.embedded import free_port
 
 PREFIX = "t-outage/"
 

@@ -26,6 +26,7 @@ from core.building import Building
 from core.payload import parse_envelope, parse_reading
 from core.settings import MqttSettings
 from gateway.settings import GatewaySettings
+from upstairs.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,12 +76,6 @@ def make_building(**kwargs: Any) -> Building:
 def write_building(path: Path, **kwargs: Any) -> Path:
     path.write_text(yaml.safe_dump(building_dict(**kwargs)))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_ports(n: int) -> int:

@@ -18,7 +18,6 @@ from tests.ingest_helpers import (
     PrivateMosquitto,
     Publisher,
     add_sensors,
-    free_port,
     ingester_process,
     message,
     metric,
@@ -32,6 +31,7 @@ from tests.ingest_helpers import (
     value_for,
     wait_until,
 )
+from upstairs.embedded import free_port
 
 
 def _messages(sensors, prefix: str, total: int, per_message: int = 50) -> list[tuple[str, bytes]]:

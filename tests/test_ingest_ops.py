@@ -14,7 +14,6 @@ from tests.ingest_helpers import (
     Publisher,
     SensorRow,
     add_sensors,
-    free_port,
     message,
     metrics_text,
     now,
@@ -27,6 +26,7 @@ from tests.ingest_helpers import (
     topic,
     wait_until,
 )
+from upstairs.embedded import free_port
 
 
 def _sample(text: str, name: str) -> float | None:

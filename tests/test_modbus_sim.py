@@ -13,7 +13,8 @@ from core.building_file import load_building
 from core.registers import ENERGY_MODULUS_KWH, REGISTER_MAP, unit_ids
 from simulators.modbus_sim import FieldDevices, run_modbus_simulator, serve_modbus
 from tests.conftest import REF_TOWER
-from tests.test_gateway_support import free_port, free_ports, make_building
+from tests.test_gateway_support import free_ports, make_building
+from upstairs.embedded import free_port
 
 
 async def _read(client: AsyncModbusTcpClient, building: Building, sensor_id: str) -> float | int:
