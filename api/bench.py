@@ -46,7 +46,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from api.bench_client import ENDPOINTS
-from api.bench_seed import seed
+from api.bench_seed import raw_days_of, seed
 from api.settings import ApiSettings, api_role_conninfo
 from api.tokens import create_token
 from core.building import Building
@@ -153,7 +153,7 @@ def bill_month(tz: ZoneInfo, days: int, now: datetime) -> str:
 def _raw_days(args: argparse.Namespace) -> int:
     """Days of 1-minute history seeded (``--raw-days``, at most ``--days``). With ``--reuse``,
     counted back from now, as the month billed is: reuse a schema on the day it was seeded."""
-    return int(min(args.raw_days or args.days, args.days))
+    return raw_days_of(args.days, args.raw_days)
 
 
 def _seed(url: str, building: Building, args: argparse.Namespace) -> dict[str, Any]:

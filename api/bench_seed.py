@@ -64,11 +64,17 @@ _ROLLUP_TYPES = ["text", "timestamptz", "int8", "float8", "float8", "float8", "t
 _ROLLUP_COLUMNS = "(sensor_id, bucket, count, sum, min, max, last_ts, last_value, energy_kwh)"
 
 
+def raw_days_of(days: int, raw_days: int | None) -> int:
+    """The days :func:`seed` gives readings and 1-minute rollups: the last ``raw_days`` of the
+    ``days`` (all of them when None)."""
+    return days if raw_days is None else min(raw_days, days)
+
+
 def seed(
     url: str, building: Building, days: int, now: datetime, raw_days: int | None = None
 ) -> int:
     """Seed ``days`` of history; readings and 1-minute rollups only for the last ``raw_days``."""
-    raw_days = days if raw_days is None else min(raw_days, days)
+    raw_days = raw_days_of(days, raw_days)
     start = (now - timedelta(days=raw_days)).replace(second=0, microsecond=0)
     minutes = int((now - start).total_seconds() // 60)
     with psycopg.connect(url) as conn:

@@ -19,7 +19,15 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
 
 from api.auth import Principal, PrincipalDep, Read, read_scoped
-from api.common import _Strict, cached, forbid_unknown_query, json_response, not_found, responses
+from api.common import (
+    _Strict,
+    cached,
+    forbid_unknown_query,
+    json_response,
+    not_found,
+    remember,
+    responses,
+)
 from api.db import Pool, PoolDep
 from api.tenants import (
     CSV_RESPONSE,
@@ -196,7 +204,7 @@ async def _bill(
         zone = ZoneInfo(seen.timezone)
         guess = _month_params(seen.building, tenant, zone, month)
         reads.append(
-            _compute_read(seen.tariff, zone, guess) if cache is None else _stamp_read(guess)
+            _compute_read(seen.tariff, zone, guess) if cache is None else Read(_STAMP_SQL, guess)
         )
     found, tariff_rows, *early = await read_scoped(pool, who, *reads)
     row = tenant_of(found, tenant)
@@ -209,10 +217,7 @@ async def _bill(
             row["building_id"], row["timezone"], row["tariff_id"], rows,
             _tariff(row["tariff_id"], tariff_rows),
         )  # fmt: skip
-    _SEEN[key] = seen
-    _SEEN.move_to_end(key)
-    while len(_SEEN) > _SEEN_SIZE:
-        _SEEN.popitem(last=False)
+    remember(_SEEN, key, seen, _SEEN_SIZE)
     tz = ZoneInfo(row["timezone"])
     params = _month_params(row["building_id"], tenant, tz, month)
 
@@ -225,14 +230,12 @@ async def _bill(
         return await compute(early[0] if hit else None)
     # Every stored reading moves an hourly rollup's count: a cheap, exact version stamp of the
     # data; the terms (tariff, prices, contract, name) are read with the tenant every time.
-    ((stamp,),) = early if hit else await read_scoped(pool, who, _stamp_read(params))
+    ((stamp,),) = early if hit else await read_scoped(pool, who, Read(_STAMP_SQL, params))
     cache_key = (month, stamp["n"], stamp["kwh"], stamp["last"], *_terms(row, rows))
     bill = cache.get(cache_key)
     if bill is None:
         bill = await compute()
-        cache[cache_key] = bill
-        while len(cache) > _CACHE_SIZE:
-            cache.popitem(last=False)
+        remember(cache, cache_key, bill, _CACHE_SIZE)
     else:
         cache.move_to_end(cache_key)
     return bill
@@ -246,10 +249,6 @@ def _month_params(building: str, tenant: str, tz: ZoneInfo, month: str) -> dict[
 def _tariff_row(r: Any) -> tuple[Any, ...]:
     """A row of ``_TARIFF_SQL`` as a comparable tuple."""
     return (r["name"], r["price_per_kwh"], r["currency"], tuple(r["starts"]), tuple(r["ends"]))
-
-
-def _stamp_read(params: dict[str, Any]) -> Read:
-    return Read(_STAMP_SQL, params)
 
 
 def _terms(row: dict[str, Any], tariff_rows: tuple[Any, ...]) -> tuple[Any, ...]:

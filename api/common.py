@@ -20,7 +20,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -117,6 +117,18 @@ async def forbid_unknown_query(request: Request) -> None:
 _CACHE_BYTES = 64 * 1024 * 1024
 
 CacheKey = tuple[Any, ...]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(entries: OrderedDict[K, V], key: K, value: V, limit: int) -> None:
+    """``entries[key] = value`` as the most recent entry; the least recent go beyond ``limit``
+    (a process's small caches of bills and of what it guessed about tenants)."""
+    entries[key] = value
+    entries.move_to_end(key)
+    while len(entries) > limit:
+        entries.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)

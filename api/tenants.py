@@ -29,6 +29,7 @@ from api.common import (
     forbid_unknown_query,
     json_response,
     not_found,
+    remember,
     responses,
 )
 from api.db import Pool, PoolDep
@@ -73,13 +74,6 @@ SELECT s.id, s.kind, l.valid_from::timestamp AT TIME ZONE bl.timezone,
 """
 
 
-# The same with unbounded windows as NULL (Python has no infinite datetime).
-METER_WINDOWS_SQL = f"""
-SELECT id, kind, nullif(from_ts, '-infinity') AS from_ts, nullif(to_ts, 'infinity') AS to_ts
-  FROM ({METERS_SQL}) m
-"""
-
-
 def check_tenant(p: Principal, tenant: str, building: str | None) -> None:
     """A tenant may ask only about itself (404 otherwise, as for an id that does not exist)."""
     if not p.is_operator and (tenant != p.tenant_id or building not in (None, p.building_id)):
@@ -93,13 +87,16 @@ SELECT t.building_id, t.id, t.name, t.contracted_kw, t.tariff_id, b.timezone
  WHERE t.id = %(t)s AND (%(qb)s::text IS NULL OR t.building_id = %(qb)s) LIMIT 2
 """
 
-# METER_WINDOWS_SQL read in the same round trip as TENANT_SQL: the building is the tenant's.
-# (Were two buildings' tenants named ``t``, tenant_of refuses the question.)
+# The ids of the tenant's meters, read in the same round trip as TENANT_SQL: the building is
+# the tenant's. (Were two buildings' tenants named ``t``, tenant_of refuses the question.)
 _TENANT_BUILDING = (
     "(SELECT t.building_id FROM tenants t"
     " WHERE t.id = %(t)s AND (%(qb)s::text IS NULL OR t.building_id = %(qb)s) LIMIT 1)"
 )
-TENANT_METER_WINDOWS_SQL = METER_WINDOWS_SQL.replace("%(b)s", _TENANT_BUILDING)
+_TENANT_METER_IDS_SQL = (
+    "SELECT coalesce(array_agg(DISTINCT id ORDER BY id), '{}') AS ids"
+    f" FROM ({METERS_SQL.replace('%(b)s', _TENANT_BUILDING)}) m"
+)
 
 
 def tenant_params(p: Principal, tenant: str, building: str | None) -> dict[str, Any]:
@@ -196,18 +193,15 @@ async def _power(
     and time zone (which the series' binning needs) are not yet known in this process or
     have changed."""
     params = tenant_params(who, tenant, building) | {"start": first, "end": last}
-    reads = [Read(TENANT_SQL, params), Read(TENANT_METER_WINDOWS_SQL, params)]
+    reads = [Read(TENANT_SQL, params), Read(_TENANT_METER_IDS_SQL, params)]
     key = (tenant, params["qb"])
     guess = _WHERE.get(key)
     if guess is not None:
         reads.append(_series_read(step, params, *guess))
-    found, meters, *series = await read_scoped(pool, who, *reads)
+    found, (meters,), *series = await read_scoped(pool, who, *reads)
     row = tenant_of(found, tenant)
     where = (row["building_id"], row["timezone"])
-    _WHERE[key] = where
-    _WHERE.move_to_end(key)
-    while len(_WHERE) > _WHERE_SIZE:
-        _WHERE.popitem(last=False)
+    remember(_WHERE, key, where, _WHERE_SIZE)
     if guess == where:
         bins = series[0]
     else:  # a guess of another building or zone read nothing that is used (and RLS held)
@@ -218,7 +212,7 @@ async def _power(
         step=step,
         start=first,
         end=last,
-        meters=sorted({m["id"] for m in meters}),
+        meters=meters["ids"],
         t=[b["bin"] for b in bins],
         power_kw=[None if b["kw"] is None else round(b["kw"], 3) for b in bins],
         energy_kwh=[None if b["kwh"] is None else round(b["kwh"], 4) for b in bins],

@@ -88,6 +88,9 @@ def test_days_are_local_days_of_the_building(db_url: str) -> None:
     assert h["t"] == days and h["series"][0]["avg"] == [10.0, 40.0]
     assert h["series"][0]["energy_kwh"] is None  # a power meter
     assert power["t"] == days and power["power_kw"] == [10.0, 40.0]
+    assert power["meters"] == [
+        f"ref-f0{f}-{k}-northbridge" for f in (3, 4) for k in ("energy", "power")
+    ]
 
 
 def test_power_is_right_whatever_the_process_guessed(db_url: str) -> None:
