@@ -8,7 +8,7 @@ unchanged (docs/api.md, "Bills").
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -178,6 +178,7 @@ class _Seen:
     tariff_id: str
     tariff_rows: tuple[Any, ...]
     tariff: Tariff
+    tariff_key: str
 
 
 #: (tenant, building asked for) -> _Seen, per process: the bill's own read goes in the same
@@ -215,7 +216,7 @@ async def _bill(
     if seen is None or not hit:
         seen = _Seen(
             row["building_id"], row["timezone"], row["tariff_id"], rows,
-            _tariff(row["tariff_id"], tariff_rows),
+            _tariff(row["tariff_id"], tariff_rows), tariff_key(rows),
         )  # fmt: skip
     remember(_SEEN, key, seen, _SEEN_SIZE)
     tz = ZoneInfo(row["timezone"])
@@ -224,6 +225,11 @@ async def _bill(
     async def compute(given: list[Any] | None = None) -> Bill:
         read = _compute_read(seen.tariff, tz, params)
         (found_rows,) = [given] if given is not None else await read_scoped(pool, who, read)
+        if read.sql is _DAYS_SQL and any(
+            r["what"] == "day" and r["tariff_key"] != seen.tariff_key for r in found_rows
+        ):  # days summed for other windows: the quarter hours
+            quarters = _quarters_read(seen.tariff, tz, params)
+            (found_rows,) = await read_scoped(pool, who, quarters)
         return _computed(row, seen.tariff, month, params, tz, found_rows)
 
     if cache is None:
@@ -266,12 +272,10 @@ SELECT coalesce(sum(r.count), 0) AS n, sum(r.energy_kwh) AS kwh, max(r.last_ts) 
 
 
 def _compute_read(tariff: Tariff, tz: ZoneInfo, params: dict[str, Any]) -> Read:
-    """The read of a bill (see ``_computed``): the month's quarter hours summed per period in
-    the database, or its minutes where a window or the offset is off the quarter hours."""
-    start, end = params["start"], params["end"]
-    if bin_minutes(tariff, tz, start, end) == DEMAND_MINUTES:
-        periods = _array_literal(quarter_periods(tariff, tz, start, end))
-        return Read(_QUARTERS_SQL, params | {"periods": periods, "start_epoch": start.timestamp()})
+    """The read of a bill (see ``_computed``): the tenant's days of the month, or its minutes
+    where a window or the offset is off the quarter hours."""
+    if bin_minutes(tariff, tz, params["start"], params["end"]) == DEMAND_MINUTES:
+        return Read(_DAYS_SQL, params)
     return Read(_MINUTES_SQL, params)
 
 
@@ -286,8 +290,10 @@ def _computed(
     """The bill of the rows of ``_compute_read``."""
     start, end = params["start"], params["end"]
     width = bin_minutes(tariff, tz, start, end)
-    if width == DEMAND_MINUTES:
+    if width == DEMAND_MINUTES and any(r["what"] == "period" for r in rows):
         computed, meters = _from_quarters(tariff, row, rows)
+    elif width == DEMAND_MINUTES:
+        computed, meters = _from_days(tariff, row, rows)
     else:
         meters = next(r["meters"] for r in rows if r["meters"] is not None)
         bins = [(r["bin"], r["kwh"]) for r in rows if r["meters"] is None]
@@ -318,7 +324,7 @@ def _computed(
 
 
 # The tenant's energy meters in this bill, sorted.
-_METER_IDS = "(SELECT array_agg(DISTINCT id ORDER BY id) FROM m WHERE kind = 'energy')"
+_METER_IDS = "array_agg(DISTINCT m.id ORDER BY m.id) FILTER (WHERE m.kind = 'energy')"
 
 
 @lru_cache(maxsize=64)
@@ -327,8 +333,21 @@ def _array_literal(values: tuple[int, ...]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+# The tenant's energy by local day (``tenant_energy_days``, migration 0014: each day's kWh
+# per period of the tariff windows named by tariff_key, its peak quarter hour and the number
+# of quarter hours with data, over all of the tenant's meters), and its meters for the answer.
+_DAYS_SQL = (
+    "SELECT 'day' AS what, d.tariff_key, d.periods, d.kwh, d.quarters, d.peak_kwh, d.peak_at,"
+    "       NULL::text[] AS meters"
+    "  FROM tenant_energy_days d WHERE d.building_id = %(b)s AND d.tenant_id = %(t)s"
+    "   AND d.day >= %(start)s AND d.day < %(end)s"
+    " UNION ALL SELECT 'meters', NULL, NULL, NULL, NULL, NULL, NULL,"
+    f"       coalesce({_METER_IDS}, '{{}}') FROM ({METERS_SQL}) m"
+)
+
 # From the quarter-hour energy rollups (``energy_15m``), summed per time-of-use period in the
-# database: the period of each quarter hour of the month comes as one array.
+# database: the period of each quarter hour of the month comes as one array. For a month
+# whose days were summed for other tariff windows than the tariff's (see ``_from_days``).
 _QUARTERS_SQL = (
     f"WITH m AS ({METERS_SQL}), q AS MATERIALIZED ("
     "  SELECT r.bucket, sum(r.energy_kwh) AS kwh"
@@ -343,8 +362,53 @@ _QUARTERS_SQL = (
     "   FROM q GROUP BY 2"
     " UNION ALL (SELECT 'peak', NULL, q.kwh, NULL, q.bucket, NULL FROM q"
     "             ORDER BY q.kwh DESC, q.bucket LIMIT 1)"
-    f" UNION ALL SELECT 'meters', NULL, NULL, NULL, NULL, coalesce({_METER_IDS}, '{{}}')"
+    " UNION ALL SELECT 'meters', NULL, NULL, NULL, NULL,"
+    f"        coalesce({_METER_IDS}, '{{}}') FROM m"
 )
+
+
+def _quarters_read(tariff: Tariff, tz: ZoneInfo, params: dict[str, Any]) -> Read:
+    start, end = params["start"], params["end"]
+    periods = _array_literal(quarter_periods(tariff, tz, start, end))
+    return Read(_QUARTERS_SQL, params | {"periods": periods, "start_epoch": start.timestamp()})
+
+
+def tariff_key(tariff_rows: tuple[Any, ...]) -> str:
+    """The windows of a tariff (rows of ``_tariff_row``) as migration 0014's tariff_key()."""
+    windows = sorted(
+        (name, a, b)
+        for name, _, _, starts, ends in tariff_rows
+        for a, b in zip(starts, ends, strict=True)
+    )
+    return ",".join(f"{name}:{a}-{b}" for name, a, b in windows)
+
+
+def _from_days(
+    tariff: Tariff, row: dict[str, Any], rows: list[Any]
+) -> tuple[ComputedBill, list[str]]:
+    """The bill of the rows of ``_DAYS_SQL``: the days' kWh per period added up, the highest
+    of their peaks (the earliest of equal ones), their quarter hours with data."""
+    kwh: dict[str, float] = defaultdict(float)
+    peak: tuple[float, datetime] | None = None
+    bins = 0
+    for r in rows:
+        if r["what"] != "day":
+            continue
+        for name, value in zip(r["periods"], r["kwh"], strict=True):
+            kwh[name] += value
+        bins += r["quarters"]
+        if peak is None or (r["peak_kwh"], peak[1]) > (peak[0], r["peak_at"]):
+            peak = (r["peak_kwh"], r["peak_at"])
+    meters: list[str] = next(r["meters"] for r in rows if r["what"] == "meters")
+    computed = bill_from_totals(
+        tariff,
+        row["contracted_kw"],
+        kwh,
+        None if peak is None else peak[0],
+        None if peak is None else peak[1],
+        bins,
+    )
+    return computed, meters
 
 
 def _from_quarters(
@@ -373,5 +437,5 @@ _MINUTES_SQL = (
     "   FROM m JOIN rollups_1m r ON r.sensor_id = m.id AND m.kind = 'energy'"
     "    AND r.bucket >= greatest(m.from_ts, %(start)s) AND r.bucket < least(m.to_ts, %(end)s)"
     "  WHERE r.energy_kwh IS NOT NULL GROUP BY 1"
-    f" UNION ALL SELECT NULL, NULL, coalesce({_METER_IDS}, '{{}}')"
+    f" UNION ALL SELECT NULL, NULL, coalesce({_METER_IDS}, '{{}}') FROM m"
 )

@@ -213,11 +213,13 @@ def apply_building(conn: psycopg.Connection[Any], building: Building) -> ApplyRe
             upd["sensors"] += len(was_active) - deactivated  # inactive ones let go of a zone
             for table in (_TENANTS, _ZONES, _FLOORS, _PERIODS, _TARIFFS):
                 dele[table.name] = _delete_missing(cur, table, b, rows[table])
-            if before is not None and before[0] != building.timezone:
-                # local days of the old zone: built again (a rollup refresh running meanwhile
-                # may still put its minutes on the old days; apply with the ingest stopped)
-                rebuilt = cur.execute("SELECT rebuild_local_days(%s)", (b,)).fetchone()
-                upd["rollups_1d"] = int(rebuilt[0]) if rebuilt else 0
+            zone_changed = before is not None and before[0] != building.timezone
+            if (
+                zone_changed
+                or any(c[t] for c in (ins, upd, dele) for t in _DAYS_DEPEND_ON)
+                or deactivated
+            ):
+                _rebuild_days(cur, b, zone_changed, upd)
             result = ApplyResult(b, dict(+ins), dict(+upd), dict(+dele), deactivated)
             if result.changed:
                 cur.execute("UPDATE buildings SET updated_at = now() WHERE id = %s", (b,))
@@ -227,6 +229,26 @@ def apply_building(conn: psycopg.Connection[Any], building: Building) -> ApplyRe
         raise BuildingStoreError(f"building {b!r} not applied, nothing written: {why}") from exc
     logger.info("%s", result)
     return result
+
+
+# What the tenants' energy by day is made of, besides the time zone (migration 0014).
+_DAYS_DEPEND_ON = ("sensors", "leases", "tenants", "tariff_windows")
+
+# The rollup refresher's lock (migration 0011's refresh_rollups): while it is held here, no
+# refresh interleaves its minutes with the days being rebuilt.
+_REFRESHER_LOCK = "SELECT pg_advisory_xact_lock(1431326546, 1)"
+
+
+def _rebuild_days(cur: Cursor, b: str, zone_changed: bool, upd: Counter[str]) -> None:
+    """Rebuild what the building's sensors, leases, tenants and time zone decide: the local
+    days of the daily rollups when the zone changed (they were days of the old zone), and the
+    tenants' energy by day (migration 0014) always. Counted as updates of those tables."""
+    cur.execute(_REFRESHER_LOCK)
+    if zone_changed:
+        rebuilt = cur.execute("SELECT rebuild_local_days(%s)", (b,)).fetchone()
+        upd["rollups_1d"] = int(rebuilt[0]) if rebuilt else 0
+    days = cur.execute("SELECT rebuild_tenant_days(%s)", (b,)).fetchone()
+    upd["tenant_energy_days"] = int(days[0]) if days else 0
 
 
 def _refuse_foreign_sensors(cur: Cursor, building: Building) -> None:

@@ -15,14 +15,14 @@ from api.settings import ApiSettings
 from api.tokens import create_token
 from core.building import Building
 from core.building_file import load_building
-from core.building_store import apply_building
+from core.building_store import ApplyResult, apply_building
 
 Row = tuple[str, datetime, float]
 
 
-def apply(db_url: str, building: Building) -> None:
+def apply(db_url: str, building: Building) -> ApplyResult:
     with psycopg.connect(db_url) as conn:
-        apply_building(conn, building)
+        return apply_building(conn, building)
 
 
 def ref_tower(path: object) -> Building:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from tests.ingest_helpers import (
+    BUILDING,
     Publisher,
     SensorRow,
     add_sensors,
@@ -59,6 +60,40 @@ def _close(a, b) -> bool:
     return a == b
 
 
+def bill_to(db_url: str, tenant: str, sensors: list[str]) -> None:
+    """Make ``sensors`` the energy meters of a new tenant ``tenant`` (straight into the tables)."""
+    with psycopg.connect(db_url) as conn:
+        for sql in (
+            "INSERT INTO tariffs (building_id, id, currency) VALUES (%s, 'tou', 'CNY')",
+            "INSERT INTO tariff_periods (building_id, tariff_id, name, price_per_kwh)"
+            " VALUES (%s, 'tou', 'day', 1), (%s, 'tou', 'night', 0.5)",
+            "INSERT INTO tariff_windows (building_id, tariff_id, period, start_minute, end_minute)"
+            " VALUES (%s, 'tou', 'night', 0, 420), (%s, 'tou', 'day', 420, 1320),"
+            " (%s, 'tou', 'night', 1320, 1440)",
+        ):
+            conn.execute(sql + " ON CONFLICT DO NOTHING", (BUILDING,) * sql.count("%s"))
+        conn.execute(
+            "INSERT INTO tenants (building_id, id, name, contracted_kw, tariff_id)"
+            " VALUES (%s, %s, %s, 100, 'tou')",
+            (BUILDING, tenant, tenant),
+        )
+        conn.execute("UPDATE sensors SET tenant_id = %s WHERE id = ANY(%s)", (tenant, sensors))
+
+
+def assert_tenant_days_match_a_rebuild(conn: psycopg.Connection) -> None:
+    """The tenants' energy by day as the refresh kept it equals the days built again from the
+    quarter hours (migration 0014), which the caller has checked against the raw rows."""
+    query = "SELECT * FROM tenant_energy_days ORDER BY 1, 2, 3"
+    kept = conn.execute(query).fetchall()
+    conn.execute("SELECT rebuild_tenant_days(id) FROM buildings")
+    built = conn.execute(query).fetchall()
+    conn.rollback()
+    assert kept and len(kept) == len(built)
+    for k, b in zip(kept, built, strict=True):  # key, tariff, periods; kWh; the rest
+        assert k[:5] == b[:5] and all(map(_close, k[5], b[5])), (k, b)
+        assert all(map(_close, k[6:], b[6:])), (k, b)
+
+
 def assert_rollups_match_raw(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         checks = [
@@ -72,12 +107,15 @@ def assert_rollups_match_raw(db_url: str) -> None:
             assert len(fresh) == len(stored), table
             for f, s in zip(fresh, stored, strict=True):
                 assert all(_close(a, b) for a, b in zip(f, s, strict=True)), (table, f, s)
+        assert_tenant_days_match_a_rebuild(conn)
 
 
 async def test_late_shuffled_duplicates(db_url, mqtt):
     rng = random.Random(7)
     kinds = ["power", "energy", "load", "temperature", "power"]
     sensors = add_sensors(db_url, [SensorRow(f"s{i}", kinds[i % 5], 1) for i in range(20)])
+    bill_to(db_url, "ta", ["s1", "s6"])  # energy meters (s16 is nobody's)
+    bill_to(db_url, "tb", ["s11"])
     with psycopg.connect(db_url) as conn:  # local days that are not UTC days (+05:30)
         conn.execute("UPDATE buildings SET timezone = 'Asia/Kolkata'")
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=10)
@@ -120,6 +158,7 @@ def test_a_local_day_that_starts_at_one_in_the_morning(db_url):
     local day runs from 01:00 (04:00 UTC) to the next midnight (03:00 UTC), 23 hours. Its
     energy is its own, not also the next day's first hour (the rollup refresh's path)."""
     add_sensors(db_url, [SensorRow("e1", "energy", 1), SensorRow("p1", "power", 1)])
+    bill_to(db_url, "ta", ["e1"])
     start = datetime(2026, 9, 5, 23, 0, tzinfo=UTC)  # 19:00 local, the day before
     readings = [
         (sensor, start + timedelta(minutes=5 * k), 1000.0 + 2.5 * k + (k % 3) * 0.25)
@@ -146,8 +185,14 @@ def test_a_local_day_that_starts_at_one_in_the_morning(db_url):
         kwh = conn.execute(
             "SELECT energy_kwh FROM rollups_1d WHERE sensor_id = 'e1' AND bucket = %s", (day,)
         ).fetchone()
+        tenant_day = conn.execute(
+            "SELECT quarters, kwh FROM tenant_energy_days WHERE tenant_id = 'ta' AND day = %s",
+            (day,),
+        ).fetchone()
     # 23 hours of readings every 5 minutes, each 2.5 kWh plus the 0.25 steps of k % 3
     inside = [v for s, t, v in readings if s == "e1" and day <= t < day + timedelta(hours=23)]
     before = next(v for s, t, v in reversed(readings) if s == "e1" and t < day)
     assert kwh is not None and abs(kwh[0] - (inside[-1] - before)) < 1e-9
+    assert tenant_day is not None and tenant_day[0] == 92  # 23 hours of quarter hours
+    assert abs(sum(tenant_day[1]) - kwh[0]) < 1e-9
     assert_rollups_match_raw(db_url)
