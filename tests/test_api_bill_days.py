@@ -137,15 +137,15 @@ def test_the_days_equal_the_bill_of_the_minutes(
     quarter_reads: list[dict[str, Any]] = []
     read_quarters = bills._quarters_read
 
-    def counted(*args: Any) -> Any:
+    def read_counted(*args: Any) -> Any:
         quarter_reads.append(args[2])
         return read_quarters(*args)
 
-    monkeypatch.setattr(bills, "_quarters_read", counted)
+    monkeypatch.setattr(bills, "_quarters_read", read_counted)
     by_days = july_bills(db_url)
     assert quarter_reads == []  # the days' windows are the tariff's: the days are used
-    with psycopg.connect(db_url) as conn:
-        conn.execute("UPDATE tenant_energy_days SET tariff_key = 'other windows'")
+    with psycopg.connect(db_url) as stale:
+        stale.execute("UPDATE tenant_energy_days SET tariff_key = 'other windows'")
     assert july_bills(db_url) == by_days
     assert len(quarter_reads) == 2
     tenants = {t.id: t for t in building.tenants}
