@@ -275,7 +275,7 @@ def _compute_read(tariff: Tariff, tz: ZoneInfo, params: dict[str, Any]) -> Read:
     """The read of a bill (see ``_computed``): the tenant's days of the month, or its minutes
     where a window or the offset is off the quarter hours."""
     if bin_minutes(tariff, tz, params["start"], params["end"]) == DEMAND_MINUTES:
-        return Read(_DAYS_SQL, params)
+        return Read(_DAYS_SQL, params, binary=True)
     return Read(_MINUTES_SQL, params)
 
 

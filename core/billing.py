@@ -45,10 +45,16 @@ def period_by_minute(tariff: Tariff) -> list[str]:
 
 def bin_minutes(tariff: Tariff, tz: ZoneInfo, start: datetime, end: datetime) -> int:
     """15 when every window edge and every UTC offset in [start, end) is on a quarter hour."""
-    edges = {m for p in tariff.periods for r in p.minute_ranges() for m in r}
-    if any(m % DEMAND_MINUTES for m in edges):
+    windows = tuple(w for p in tariff.periods for w in p.windows)
+    return _bin_minutes(windows, tz.key, start, end)
+
+
+@lru_cache(maxsize=256)
+def _bin_minutes(windows: tuple[str, ...], tz_key: str, start: datetime, end: datetime) -> int:
+    edges = {int(w[i : i + 2]) * 60 + int(w[i + 3 : i + 5]) for w in windows for i in (0, 6)}
+    if any(m % DEMAND_MINUTES for m in edges):  # windows are 'HH:MM-HH:MM' (core.building)
         return 1
-    probe = start
+    tz, probe = ZoneInfo(tz_key), start
     while probe < end:
         offset = probe.astimezone(tz).utcoffset() or timedelta()
         if (offset.total_seconds() / 60) % DEMAND_MINUTES:
