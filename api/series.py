@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from bisect import bisect_left
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -122,14 +124,24 @@ def bin_start_sql(step: Step, key: str) -> str:
 
 def day_edges(tz: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
     """The local midnights from the one at or before ``start`` to the first at or after ``end``."""
-    day = start.astimezone(tz).date()
-    out = []
-    while True:
-        edge = datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
-        out.append(edge)
-        if edge >= end:
-            return out
+    days = _midnights(tz.key, start.astimezone(tz).date(), end.astimezone(tz).date())
+    return list(days[: bisect_left(days, end) + 1])
+
+
+@lru_cache(maxsize=256)
+def _midnights(tz_key: str, first: date, last: date) -> tuple[datetime, ...]:
+    """The local midnights (UTC) of the days ``first`` to the day after ``last``."""
+    tz, out, day = ZoneInfo(tz_key), [], first
+    while day <= last + timedelta(days=1):
+        out.append(datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC))
         day += timedelta(days=1)
+    return tuple(out)
+
+
+@lru_cache(maxsize=256)
+def _timestamps_literal(values: tuple[datetime, ...]) -> str:
+    """``{t1,t2,...}``: passed as text and cast in SQL, cheaper than dumping a list."""
+    return "{" + ",".join(v.isoformat() for v in values) + "}"
 
 
 def whole_days(
@@ -147,7 +159,7 @@ def whole_days(
 
 def bin_params(step: Step, tz: ZoneInfo, start: datetime, end: datetime) -> dict[str, Any]:
     return {
-        "edges": day_edges(tz, start, end) if step is Step.D1 else [],
+        "edges": _timestamps_literal(tuple(day_edges(tz, start, end)) if step is Step.D1 else ()),
         "width": _WIDTH.get(step, timedelta(minutes=1)),
         "origin": datetime(2000, 1, 1, tzinfo=tz),
     }

@@ -42,6 +42,7 @@ from api.series import (
     bin_sql,
     bin_start_sql,
     choose_step,
+    day_edges,
     source,
     whole_days,
 )
@@ -222,13 +223,14 @@ async def _power(
 def _series_read(step: Step, params: dict[str, Any], building: str, timezone: str) -> Read:
     """kW and kWh per bin of the tenant's meters in ``building`` (time zone ``timezone``)."""
     first, last = params["start"], params["end"]
-    params = params | {"b": building} | bin_params(step, ZoneInfo(timezone), first, last)
+    tz = ZoneInfo(timezone)
+    params = params | {"b": building} | bin_params(step, tz, first, last)
     table, column = source(step)
     # (table, from, to) of each part of the range: for 1d, whole local days from the daily
     # rollups and the partial days at either end from the hourly ones (one join each, so each
     # is an index range scan per meter)
     parts = [(table, "start", "end")]
-    if step is Step.D1 and (days := whole_days(params["edges"], first, last)):
+    if step is Step.D1 and (days := whole_days(day_edges(tz, first, last), first, last)):
         params |= {"days_from": days[0], "days_to": days[1]}
         parts = [
             ("rollups_1h", "start", "days_from"),
