@@ -33,6 +33,7 @@ from alerts.clock import Clock, SystemClock
 from alerts.runtime import EngineStateLost, Runtime, open_engine
 from alerts.settings import AlertSettings
 from alerts.webhooks import WebhookSender
+from core.aio import run_apart
 from core.settings import SettingsError, parse_mqtt_url
 from core.topics import Channel, subscription
 
@@ -172,7 +173,7 @@ async def run_alert_engine(
     while not stop.is_set():
         began = time.monotonic()
         try:
-            await _attempt(settings, stop, clock)
+            await run_apart(_attempt(settings, stop, clock))  # a cancel stays a cancel
             return
         except* RETRYABLE as group:
             if time.monotonic() - began > 60:

@@ -20,9 +20,9 @@ object keyed by endpoint: the distinct figures, the cached ones under ``cached``
 ``--raw-days R`` seeds readings and 1-minute rollups for the last R days only and hourly
 rollups for all D days. The measured endpoints read nothing else for the older days (the
 tenant's power for 30 days by day reads daily and hourly rollups, the floor's 24 h by minute
-the 1-minute rollups of the last 24 h, the bill the quarter-hour energy of its month (made
-from 1-minute rollups), the live floors ``sensor_latest``), so ``--days 365 --raw-days 35``
-is an honest 365-day run for them.
+the 1-minute rollups of the last 24 h, the bill the tenant's days of its month (made from
+the quarter-hour energy, made from 1-minute rollups), the live floors ``sensor_latest``), so
+``--days 365 --raw-days 35`` is an honest 365-day run for them.
 """
 
 from __future__ import annotations

@@ -125,4 +125,11 @@ def seed(
     return n
 
 
-_VACUUMED = ("rollups_1m", "rollups_1h", "rollups_1d", "energy_15m", "sensor_latest")
+_VACUUMED = (
+    "rollups_1m",
+    "rollups_1h",
+    "rollups_1d",
+    "energy_15m",
+    "tenant_energy_days",
+    "sensor_latest",
+)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import aiomqtt
 
+from core.aio import run_apart
 from core.payload import Reading, encode_telemetry
 from core.settings import MqttAddress
 from gateway.events import birth, gap_event, ms_to_dt, offline
@@ -108,7 +109,7 @@ class Uplink:
         while True:
             sessions = self.stats.sessions
             try:
-                await self._connect_and_serve()
+                await run_apart(self._connect_and_serve())  # a cancel stays a cancel
             except* aiomqtt.MqttError as group:
                 logger.warning(
                     "broker %s:%d: %s", self.address.host, self.address.port, group.exceptions[0]

@@ -22,6 +22,7 @@ from typing import Any
 import aiomqtt
 import yaml
 
+from core.aio import run_apart
 from core.building import Building
 from core.payload import parse_envelope, parse_reading
 from core.settings import MqttSettings
@@ -216,15 +217,18 @@ class Collector:
     async def run(self) -> None:
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.host, self.port, identifier=self.client_id, clean_session=False
-                ) as client:
-                    await client.subscribe(f"{self.prefix}#", qos=1)
-                    self.ready.set()
-                    async for message in client.messages:
-                        self._handle(str(message.topic), bytes(message.payload), message.retain)
+                await run_apart(self._session())  # a cancel stays a cancel
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.1)
+
+    async def _session(self) -> None:
+        async with aiomqtt.Client(
+            self.host, self.port, identifier=self.client_id, clean_session=False
+        ) as client:
+            await client.subscribe(f"{self.prefix}#", qos=1)
+            self.ready.set()
+            async for message in client.messages:
+                self._handle(str(message.topic), bytes(message.payload), message.retain)
 
     def _handle(self, topic: str, payload: bytes, retain: bool) -> None:
         if topic.endswith("/telemetry"):
