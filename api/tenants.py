@@ -88,17 +88,6 @@ SELECT t.building_id, t.id, t.name, t.contracted_kw, t.tariff_id, b.timezone
  WHERE t.id = %(t)s AND (%(qb)s::text IS NULL OR t.building_id = %(qb)s) LIMIT 2
 """
 
-# The ids of the tenant's meters, read in the same round trip as TENANT_SQL: the building is
-# the tenant's. (Were two buildings' tenants named ``t``, tenant_of refuses the question.)
-_TENANT_BUILDING = (
-    "(SELECT t.building_id FROM tenants t"
-    " WHERE t.id = %(t)s AND (%(qb)s::text IS NULL OR t.building_id = %(qb)s) LIMIT 1)"
-)
-_TENANT_METER_IDS_SQL = (
-    "SELECT coalesce(array_agg(DISTINCT id ORDER BY id), '{}') AS ids"
-    f" FROM ({METERS_SQL.replace('%(b)s', _TENANT_BUILDING)}) m"
-)
-
 
 def tenant_params(p: Principal, tenant: str, building: str | None) -> dict[str, Any]:
     """The parameters of ``TENANT_SQL`` (and what is read with it) for ``p``'s question about
@@ -194,26 +183,28 @@ async def _power(
     and time zone (which the series' binning needs) are not yet known in this process or
     have changed."""
     params = tenant_params(who, tenant, building) | {"start": first, "end": last}
-    reads = [Read(TENANT_SQL, params), Read(_TENANT_METER_IDS_SQL, params)]
+    reads = [Read(TENANT_SQL, params)]
     key = (tenant, params["qb"])
     guess = _WHERE.get(key)
     if guess is not None:
         reads.append(_series_read(step, params, *guess))
-    found, (meters,), *series = await read_scoped(pool, who, *reads)
+    found, *series = await read_scoped(pool, who, *reads)
     row = tenant_of(found, tenant)
     where = (row["building_id"], row["timezone"])
     remember(_WHERE, key, where, _WHERE_SIZE)
     if guess == where:
-        bins = series[0]
+        (rows,) = series
     else:  # a guess of another building or zone read nothing that is used (and RLS held)
-        (bins,) = await read_scoped(pool, who, _series_read(step, params, *where))
+        (rows,) = await read_scoped(pool, who, _series_read(step, params, *where))
+    meters: list[str] = next(r["meters"] for r in rows if r["meters"] is not None)
+    bins = sorted((r for r in rows if r["meters"] is None), key=lambda r: r["bin"])
     return PowerSeries(
         building=row["building_id"],
         tenant=tenant,
         step=step,
         start=first,
         end=last,
-        meters=meters["ids"],
+        meters=meters,
         t=[b["bin"] for b in bins],
         power_kw=[None if b["kw"] is None else round(b["kw"], 3) for b in bins],
         energy_kwh=[None if b["kwh"] is None else round(b["kwh"], 4) for b in bins],
@@ -244,15 +235,17 @@ def _series_read(step: Step, params: dict[str, Any], building: str, timezone: st
         f"  AND r.{column} < least(m.to_ts, %({hi})s)"
         for part, lo, hi in parts
     )
-    # per meter and bin, then per bin
+    # per meter and bin, then per bin; and one row of the tenant's meter ids
     query = (
         f"WITH m AS ({METERS_SQL})"
         f" SELECT {bin_start_sql(step, 'k')} AS bin,"
         "        sum(avg) FILTER (WHERE kind = 'power') AS kw,"
-        "        sum(kwh) FILTER (WHERE kind = 'energy') AS kwh"
+        "        sum(kwh) FILTER (WHERE kind = 'energy') AS kwh, NULL::text[] AS meters"
         "  FROM (SELECT k, id, kind, sum(sum) / sum(count) AS avg, sum(energy_kwh) AS kwh"
         f"          FROM ({rows_sql}) r GROUP BY 1, 2, 3) per_meter"
-        " GROUP BY k ORDER BY k"
+        " GROUP BY k"
+        " UNION ALL SELECT NULL, NULL, NULL,"
+        "        coalesce(array_agg(DISTINCT m.id ORDER BY m.id), '{}') FROM m"
     )
     return Read(query, params)
 

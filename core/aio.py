@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -26,7 +27,9 @@ async def run_apart(coro: Coroutine[Any, Any, T]) -> T:
         await asyncio.wait([task])
     except asyncio.CancelledError:
         task.cancel()
-        await asyncio.wait([task])
+        while not task.done():  # through further cancels too: its cleanup runs to its end
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])
         if not task.cancelled():
             task.exception()  # retrieved: the cancel is what counts
         raise

@@ -123,12 +123,13 @@ def bill_from_totals(
 ) -> Bill:
     """The bill of a month whose kWh per period (``kwh``, by period name) and highest quarter
     hour (its kWh and start) are known."""
-    lines = [
+    shown = {p.name: round(kwh.get(p.name, 0.0), 3) for p in tariff.periods}
+    lines = [  # the cost of the kWh as the bill shows them: anyone can check it from the bill
         PeriodLine(
             name=p.name,
             price_per_kwh=p.price_per_kwh,
-            kwh=round(kwh.get(p.name, 0.0), 3),
-            cost=round(kwh.get(p.name, 0.0) * p.price_per_kwh, 2),
+            kwh=shown[p.name],
+            cost=round(shown[p.name] * p.price_per_kwh, 2),
         )
         for p in tariff.periods
     ]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from core.aio import run_apart
 from core.payload import parse_timestamp
 from gateway.service import Gateway, run_gateway
 from simulators.modbus_sim import FieldDevices, serve_modbus
@@ -227,3 +228,23 @@ async def test_a_cancelled_uplink_stops_when_its_session_fails_on_the_cancel(
         assert sessions == 1
     finally:
         gateway.queue.close()
+
+
+async def test_run_apart_waits_for_its_session_through_a_second_cancel() -> None:
+    """A cancel during the session's own cleanup does not leave the session behind."""
+    cleaned = asyncio.Event()
+
+    async def session() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.2)  # disconnecting
+            cleaned.set()
+
+    task = asyncio.create_task(run_apart(session()))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()  # while the session cleans up
+    await asyncio.wait([task], timeout=5)
+    assert task.cancelled() and cleaned.is_set()

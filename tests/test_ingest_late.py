@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import psycopg
 
+from core.billing import month_bounds
 from tests.ingest_helpers import (
     BUILDING,
     Publisher,
@@ -153,6 +155,27 @@ async def test_late_shuffled_duplicates(db_url, mqtt):
     assert newest == len(sensors)
 
 
+def store_and_refresh(
+    conn: psycopg.Connection, db_url: str, readings: list[tuple[str, datetime, float]]
+) -> None:
+    """Store ``readings`` with their pending partials, as the ingester does, and run the
+    rollup refresh until nothing is pending (the refresh's path, without MQTT)."""
+    conn.execute("SELECT ensure_readings_partition(%s)", (min(r[1] for r in readings),))
+    with conn.cursor().copy("COPY readings (sensor_id, ts, value) FROM STDIN") as copy:
+        for row in readings:
+            copy.write_row(row)
+    with conn.cursor().copy(
+        "COPY rollup_pending (sensor_id, bucket, count, sum, min, max, last_ts, last_value)"
+        " FROM STDIN"
+    ) as copy:
+        for sensor, ts, value in readings:
+            copy.write_row((sensor, ts, 1, value, value, value, ts, value))
+    conn.commit()
+    while scalar(db_url, "SELECT count(*) FROM rollup_pending"):
+        conn.execute("SELECT refresh_rollups(100000)")
+        conn.commit()
+
+
 def test_a_local_day_that_starts_at_one_in_the_morning(db_url):
     """America/Santiago, 6 September 2026: daylight saving time starts at midnight, so the
     local day runs from 01:00 (04:00 UTC) to the next midnight (03:00 UTC), 23 hours. Its
@@ -167,20 +190,7 @@ def test_a_local_day_that_starts_at_one_in_the_morning(db_url):
     ]
     with psycopg.connect(db_url) as conn:
         conn.execute("UPDATE buildings SET timezone = 'America/Santiago'")
-        conn.execute("SELECT ensure_readings_partition(%s)", (start,))
-        with conn.cursor().copy("COPY readings (sensor_id, ts, value) FROM STDIN") as copy:
-            for row in readings:
-                copy.write_row(row)
-        with conn.cursor().copy(
-            "COPY rollup_pending (sensor_id, bucket, count, sum, min, max, last_ts, last_value)"
-            " FROM STDIN"
-        ) as copy:
-            for sensor, ts, value in readings:
-                copy.write_row((sensor, ts, 1, value, value, value, ts, value))
-        conn.commit()
-        while scalar(db_url, "SELECT count(*) FROM rollup_pending"):
-            conn.execute("SELECT refresh_rollups(100000)")
-            conn.commit()
+        store_and_refresh(conn, db_url, readings)
         day = datetime(2026, 9, 6, 4, 0, tzinfo=UTC)
         kwh = conn.execute(
             "SELECT energy_kwh FROM rollups_1d WHERE sensor_id = 'e1' AND bucket = %s", (day,)
@@ -196,3 +206,40 @@ def test_a_local_day_that_starts_at_one_in_the_morning(db_url):
     assert tenant_day is not None and tenant_day[0] == 92  # 23 hours of quarter hours
     assert abs(sum(tenant_day[1]) - kwh[0]) < 1e-9
     assert_rollups_match_raw(db_url)
+
+
+def test_a_local_midnight_that_happens_twice(db_url):
+    """America/Havana, 1 November 2026: at 01:00 the clock goes back to 00:00, so midnight
+    happens twice. The tenants' day starts at the first one (04:00 UTC), as Python reads it
+    (core.billing.month_bounds), and has 25 hours: every quarter hour is in exactly one
+    tenant-day, and each month's days add up to the month's quarter hours."""
+    add_sensors(db_url, [SensorRow("e1", "energy", 1)])
+    bill_to(db_url, "ta", ["e1"])
+    tz = ZoneInfo("America/Havana")
+    start = datetime(2026, 10, 30, 20, 0, tzinfo=tz).astimezone(UTC)
+    readings = [
+        ("e1", start + timedelta(minutes=5 * k), 1000.0 + 2.5 * k + (k % 3) * 0.25)
+        for k in range(12 * 60)  # 60 hours: 30 October 20:00 to 2 November 07:00 (local)
+    ]
+    day = datetime(2026, 11, 1, tzinfo=tz).astimezone(UTC)
+    assert day == datetime(2026, 11, 1, 4, tzinfo=UTC)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE buildings SET timezone = 'America/Havana'")
+        store_and_refresh(conn, db_url, readings)
+        quarters = conn.execute(
+            "SELECT quarters FROM tenant_energy_days WHERE day = %s", (day,)
+        ).fetchone()
+        assert quarters == (100,)  # 25 hours
+        for year, month in ((2026, 10), (2026, 11)):
+            lo, hi = month_bounds(tz, year, month)
+            by_days = conn.execute(
+                "SELECT sum(k) FROM tenant_energy_days, unnest(kwh) k WHERE day >= %s AND day < %s",
+                (lo, hi),
+            ).fetchone()
+            by_quarters = conn.execute(
+                "SELECT sum(energy_kwh) FROM energy_15m WHERE bucket >= %s AND bucket < %s",
+                (lo, hi),
+            ).fetchone()
+            assert by_days is not None and by_quarters is not None
+            assert abs(by_days[0] - by_quarters[0]) < 1e-9, (year, month)
+        assert_tenant_days_match_a_rebuild(conn)

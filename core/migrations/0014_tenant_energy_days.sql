@@ -19,7 +19,7 @@
 CREATE TABLE tenant_energy_days (
     building_id text NOT NULL,
     tenant_id   text NOT NULL,
-    day         timestamptz NOT NULL,        -- the local day's start, as rollups_1d.bucket
+    day         timestamptz NOT NULL,        -- the local day's start (local_midnight)
     tariff_key  text NOT NULL,               -- the windows of the periods (tariff_key())
     periods     text[] NOT NULL,             -- the periods with data, by name
     kwh         double precision[] NOT NULL, -- their kWh, same order
@@ -35,6 +35,26 @@ CREATE FUNCTION tariff_key(b text, tariff text) RETURNS text LANGUAGE sql STABLE
     SELECT string_agg(w.period || ':' || w.start_minute || '-' || w.end_minute, ','
                       ORDER BY w.period COLLATE "C", w.start_minute)
       FROM tariff_windows w WHERE w.building_id = b AND w.tariff_id = tariff
+$$;
+
+-- The start of local date ``d``: its midnight, the earlier one where midnight happens twice
+-- (America/Havana in November, Atlantic/Azores in October: the clock goes back from 01:00 to
+-- 00:00), as Python's zoneinfo reads it (fold 0; core.billing.month_bounds). PostgreSQL reads
+-- an ambiguous local time as the later instant, and date_trunc('day', ...) too, so those days
+-- would start an hour late and the hour before would fall between two days. Where midnight
+-- does not exist (America/Santiago in September) both read the 01:00 after the gap.
+CREATE FUNCTION local_midnight(d date, tz text) RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT c FROM (VALUES (m - interval '1 hour'), (m - interval '30 minutes')) v(c)
+          WHERE (c AT TIME ZONE tz) = d::timestamp ORDER BY c LIMIT 1),
+        m)
+      FROM (SELECT d::timestamp AT TIME ZONE tz AS m) x
+$$;
+
+-- The start of the local day that ``ts`` falls in (see local_midnight).
+CREATE FUNCTION local_day_start(ts timestamptz, tz text) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT local_midnight((ts AT TIME ZONE tz)::date, tz)
 $$;
 
 -- Every energy meter of every tenant of building ``b`` (NULL: every building) and the time a
@@ -62,7 +82,7 @@ CREATE FUNCTION refresh_tenant_days(b text, tenant_ids text[], days timestamptz[
 RETURNS bigint LANGUAGE sql AS $$
     WITH k AS (
         SELECT DISTINCT k.tenant_id, k.day, bl.timezone,
-               local_day_end(k.day, bl.timezone) AS day_end
+               local_midnight((k.day AT TIME ZONE bl.timezone)::date + 1, bl.timezone) AS day_end
           FROM unnest(tenant_ids, days) AS k(tenant_id, day) JOIN buildings bl ON bl.id = b
     ), q AS (  -- the quarter hours of each tenant-day, summed over the tenant's meters
         SELECT k.tenant_id, k.day, e.bucket, sum(e.energy_kwh) AS kwh,
@@ -112,7 +132,7 @@ DECLARE
 BEGIN
     DELETE FROM tenant_energy_days WHERE building_id = b;
     SELECT array_agg(x.tenant_id), array_agg(x.day) INTO t, d
-      FROM (SELECT DISTINCT m.tenant_id, date_trunc('day', e.bucket, bl.timezone) AS day
+      FROM (SELECT DISTINCT m.tenant_id, local_day_start(e.bucket, bl.timezone) AS day
               FROM tenant_energy_meters(b) m
               JOIN buildings bl ON bl.id = m.building_id
               JOIN energy_15m e ON e.sensor_id = m.sensor_id
@@ -132,7 +152,7 @@ BEGIN
     FOR r IN
         SELECT x.building_id, array_agg(x.tenant_id) AS t, array_agg(x.day) AS d
           FROM (SELECT DISTINCT m.building_id, m.tenant_id,
-                       date_trunc('day', c.bucket, bl.timezone) AS day
+                       local_day_start(c.bucket, bl.timezone) AS day
                   FROM (SELECT DISTINCT sensor_id, bucket FROM changed) c
                   JOIN tenant_energy_meters(NULL) m ON m.sensor_id = c.sensor_id
                    AND c.bucket >= m.from_ts AND c.bucket < m.to_ts
