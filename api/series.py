@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from fastapi import Query
 from pydantic import AwareDatetime, BeforeValidator
 
-from api.common import bad_query
+from api.common import array_literal, bad_query
 
 MAX_POINTS = 20_000
 MAX_RAW_SPAN = timedelta(days=2)
@@ -138,12 +138,6 @@ def _midnights(tz_key: str, first: date, last: date) -> tuple[datetime, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=256)
-def _timestamps_literal(values: tuple[datetime, ...]) -> str:
-    """``{t1,t2,...}``: passed as text and cast in SQL, cheaper than dumping a list."""
-    return "{" + ",".join(v.isoformat() for v in values) + "}"
-
-
 def whole_days(
     edges: list[datetime], start: datetime, end: datetime
 ) -> tuple[datetime, datetime] | None:
@@ -159,7 +153,7 @@ def whole_days(
 
 def bin_params(step: Step, tz: ZoneInfo, start: datetime, end: datetime) -> dict[str, Any]:
     return {
-        "edges": _timestamps_literal(tuple(day_edges(tz, start, end)) if step is Step.D1 else ()),
+        "edges": array_literal(tuple(day_edges(tz, start, end)) if step is Step.D1 else ()),
         "width": _WIDTH.get(step, timedelta(minutes=1)),
         "origin": datetime(2000, 1, 1, tzinfo=tz),
     }

@@ -6,6 +6,9 @@
 -- instead of ~3,000 quarter hours per meter, each behind the sensor-scoped row-level security
 -- policy.
 --
+-- The meters and the time each counts for a tenant are those of the view
+-- grafana_meter_tenancy (migration 0006; the windows of api.tenants.METERS_SQL too).
+--
 -- A row names the tariff windows its periods are of (tariff_key): a bill whose tariff has
 -- other windows (changed by hand, or not yet rebuilt) does not use the rows and sums the
 -- quarter hours of energy_15m instead, as before this migration. Prices are not in the rows:
@@ -57,25 +60,6 @@ LANGUAGE sql STABLE AS $$
     SELECT local_midnight((ts AT TIME ZONE tz)::date, tz)
 $$;
 
--- Every energy meter of every tenant of building ``b`` (NULL: every building) and the time a
--- tenant's bill counts it: always for its own meters; [first local midnight, last) of each
--- lease of the zone for a zone's meters. The windows of api.tenants.METERS_SQL.
-CREATE FUNCTION tenant_energy_meters(b text)
-RETURNS TABLE (building_id text, tenant_id text, sensor_id text, from_ts timestamptz,
-               to_ts timestamptz)
-LANGUAGE sql STABLE AS $$
-    SELECT s.building_id, s.tenant_id, s.id, '-infinity'::timestamptz, 'infinity'::timestamptz
-      FROM sensors s
-     WHERE (b IS NULL OR s.building_id = b) AND s.tenant_id IS NOT NULL AND s.kind = 'energy'
-    UNION ALL
-    SELECT s.building_id, l.tenant_id, s.id, l.valid_from::timestamp AT TIME ZONE bl.timezone,
-           coalesce(l.valid_to::timestamp AT TIME ZONE bl.timezone, 'infinity')
-      FROM sensors s
-      JOIN leases l ON l.building_id = s.building_id AND l.zone_id = s.zone_id
-      JOIN buildings bl ON bl.id = s.building_id
-     WHERE (b IS NULL OR s.building_id = b) AND s.tenant_id IS NULL AND s.kind = 'energy'
-$$;
-
 -- The days ``days`` (local day starts) of the tenants ``tenant_ids`` (pairwise) in building
 -- ``b``, computed again from energy_15m. Returns the number of rows written.
 CREATE FUNCTION refresh_tenant_days(b text, tenant_ids text[], days timestamptz[])
@@ -88,7 +72,8 @@ RETURNS bigint LANGUAGE sql AS $$
         SELECT k.tenant_id, k.day, e.bucket, sum(e.energy_kwh) AS kwh,
                (date_part('hour', e.bucket AT TIME ZONE k.timezone) * 60
                 + date_part('minute', e.bucket AT TIME ZONE k.timezone))::int AS minute
-          FROM k JOIN tenant_energy_meters(b) m ON m.tenant_id = k.tenant_id
+          FROM k JOIN grafana_meter_tenancy m ON m.building_id = b AND m.kind = 'energy'
+           AND m.tenant_id = k.tenant_id
           JOIN energy_15m e ON e.sensor_id = m.sensor_id
            AND e.bucket >= greatest(m.from_ts, k.day) AND e.bucket < least(m.to_ts, k.day_end)
          GROUP BY k.tenant_id, k.day, e.bucket, k.timezone
@@ -133,10 +118,12 @@ BEGIN
     DELETE FROM tenant_energy_days WHERE building_id = b;
     SELECT array_agg(x.tenant_id), array_agg(x.day) INTO t, d
       FROM (SELECT DISTINCT m.tenant_id, local_day_start(e.bucket, bl.timezone) AS day
-              FROM tenant_energy_meters(b) m
+              FROM grafana_meter_tenancy m
               JOIN buildings bl ON bl.id = m.building_id
               JOIN energy_15m e ON e.sensor_id = m.sensor_id
-               AND e.bucket >= m.from_ts AND e.bucket < m.to_ts) x;
+               AND e.bucket >= m.from_ts AND e.bucket < m.to_ts
+             WHERE m.building_id = b AND m.kind = 'energy') x;
+
     IF t IS NULL THEN
         RETURN 0;
     END IF;
@@ -154,8 +141,8 @@ BEGIN
           FROM (SELECT DISTINCT m.building_id, m.tenant_id,
                        local_day_start(c.bucket, bl.timezone) AS day
                   FROM (SELECT DISTINCT sensor_id, bucket FROM changed) c
-                  JOIN tenant_energy_meters(NULL) m ON m.sensor_id = c.sensor_id
-                   AND c.bucket >= m.from_ts AND c.bucket < m.to_ts
+                  JOIN grafana_meter_tenancy m ON m.sensor_id = c.sensor_id
+                   AND m.kind = 'energy' AND c.bucket >= m.from_ts AND c.bucket < m.to_ts
                   JOIN buildings bl ON bl.id = m.building_id) x
          GROUP BY x.building_id
     LOOP
