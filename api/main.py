@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 
@@ -12,6 +11,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.settings import ApiSettings
+from core.gc_tuning import tune_gc
 
 
 def app_factory() -> FastAPI:
@@ -20,10 +20,11 @@ def app_factory() -> FastAPI:
 
 
 def _frozen(app: FastAPI) -> FastAPI:
-    """``app``, with everything built so far (modules, routes, models) kept out of the garbage
-    collector's passes: it lives as long as the process, and every full pass would walk it
-    again (once per process, here in the entry point; a test building many apps does not)."""
-    gc.freeze()
+    """``app``, with the garbage collector tuned for a service (:func:`core.gc_tuning.tune_gc`:
+    everything built so far, which lives as long as the process, kept out of its passes, and
+    far fewer passes); once per process, here in the entry point (a test building many apps
+    does not)."""
+    tune_gc()
     return app
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import random
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 import psycopg
 
 from core.db import migrate
+from core.gc_tuning import tune_gc
 from core.payload import Reason
 from core.registry import Registry, load_registry_async
 from core.settings import SettingsError, parse_mqtt_url
@@ -285,16 +285,6 @@ async def _migrate(url: str, stop: asyncio.Event) -> None:
             if stop.is_set():
                 raise
             await asyncio.sleep(min(10.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))
-
-
-def tune_gc() -> None:
-    """Fewer cyclic garbage collections: the write path allocates millions of short-lived,
-    acyclic tuples and dicts a minute, and the default thresholds (a collection every 700
-    net allocations) had the collector walk the batches in hand again and again, for about
-    15 % of the parse-check-aggregate time. Objects alive at startup (modules, settings) are
-    frozen out of the collector's view; reference counting still frees everything at once."""
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def main(argv: list[str] | None = None) -> int:
