@@ -44,11 +44,11 @@ ON CONFLICT (sensor_id, bucket) DO UPDATE SET energy_kwh = excluded.energy_kwh
 """
 _DAYS = """
 INSERT INTO rollups_1d (sensor_id, bucket, count, sum, min, max, last_ts, last_value, energy_kwh)
-SELECT m.sensor_id, date_trunc('day', m.bucket, b.timezone), sum(m.count), sum(m.sum),
+SELECT m.sensor_id, local_day_start(m.bucket, b.timezone), sum(m.count), sum(m.sum),
        min(m.min), max(m.max), max(m.last_ts),
        (array_agg(m.last_value ORDER BY m.last_ts DESC))[1], sum(m.energy_kwh)
   FROM rollups_1m m JOIN sensors s ON s.id = m.sensor_id JOIN buildings b ON b.id = s.building_id
- WHERE m.sensor_id = ANY(%(ids)s) AND m.bucket >= date_trunc('day', %(start)s, b.timezone)
+ WHERE m.sensor_id = ANY(%(ids)s) AND m.bucket >= local_day_start(%(start)s, b.timezone)
    AND m.bucket < %(end)s
  GROUP BY 1, 2
 ON CONFLICT (sensor_id, bucket) DO UPDATE SET

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from core.billing import month_bounds
+from core.db import migrations
 from tests.ingest_helpers import (
     BUILDING,
     Publisher,
@@ -39,10 +40,20 @@ RECOMPUTE = (
     f" CASE WHEN bool_and(kind = 'energy') THEN sum({DELTA}) END"
     " FROM w GROUP BY 1, 2 ORDER BY 1, 2"
 )
+#: The first instant of ts's local date (the first of two midnights where the clock goes back
+#: at 01:00; the 01:00 after a midnight that does not exist), written independently of
+#: migration 0015's local_day_start: date_trunc's midnight, or the instant 30 or 60 minutes
+#: before it when that is still on the same local date.
+FIRST_MIDNIGHT = (
+    "(SELECT min(c) FROM (VALUES (date_trunc('day', ts, timezone) - interval '1 hour'),"
+    " (date_trunc('day', ts, timezone) - interval '30 minutes'),"
+    " (date_trunc('day', ts, timezone))) v(c)"
+    " WHERE (c AT TIME ZONE timezone)::date = (ts AT TIME ZONE timezone)::date)"
+)
 LEVELS = {
     "rollups_1m": "date_trunc('minute', ts, 'UTC')",
     "rollups_1h": "date_trunc('hour', ts, 'UTC')",
-    "rollups_1d": "date_trunc('day', ts, timezone)",  # the building's local day
+    "rollups_1d": FIRST_MIDNIGHT,  # the building's local day
 }
 RECOMPUTE_15M = (
     WITH_DELTAS + f"SELECT sensor_id, date_bin('15 minutes', ts, 'epoch'), sum({DELTA})"
@@ -243,3 +254,40 @@ def test_a_local_midnight_that_happens_twice(db_url):
             assert by_days is not None and by_quarters is not None
             assert abs(by_days[0] - by_quarters[0]) < 1e-9, (year, month)
         assert_tenant_days_match_a_rebuild(conn)
+        # the daily rollups: the same days (labelled at the first midnight), each quarter
+        # hour's energy in exactly one of them (the hour between the midnights was in both)
+        daily = conn.execute(
+            "SELECT bucket, energy_kwh FROM rollups_1d WHERE sensor_id = 'e1' ORDER BY 1"
+        ).fetchall()
+        quarters_kwh = conn.execute("SELECT sum(energy_kwh) FROM energy_15m").fetchone()
+    days = [datetime(2026, 10, d, tzinfo=tz) for d in (30, 31)]
+    days += [datetime(2026, 11, d, tzinfo=tz) for d in (1, 2)]
+    assert [b for b, _ in daily] == [d.astimezone(UTC) for d in days]
+    assert quarters_kwh is not None
+    assert abs(sum(k for _, k in daily) - quarters_kwh[0]) < 1e-9
+    after = [v for _, t, v in readings if day <= t < day + timedelta(hours=25)]
+    before = next(v for _, t, v in reversed(readings) if t < day)
+    assert abs(daily[2][1] - (after[-1] - before)) < 1e-9  # 1 November: 25 hours
+    assert_rollups_match_raw(db_url)
+    # a database that migration 0015 finds with the days of before (1 November labelled at
+    # the second midnight, its first hour's energy also in 31 October) is repaired
+    first_hour = "bucket >= %(day)s AND bucket < %(day)s + interval '1 hour'"
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "UPDATE rollups_1d SET bucket = bucket + interval '1 hour' WHERE bucket = %(day)s",
+            {"day": day},
+        )
+        conn.execute(
+            "UPDATE rollups_1d SET energy_kwh = energy_kwh + (SELECT sum(energy_kwh)"
+            f" FROM energy_15m WHERE {first_hour}) WHERE bucket = %(day)s - interval '1 day'",
+            {"day": day},
+        )
+        assert conn.execute(
+            "SELECT count(*) FROM rollups_1d WHERE bucket = %s", (day,)
+        ).fetchone() == (0,)
+        conn.execute(next(m for m in migrations() if m.version == 15).sql.encode())
+        again = conn.execute(
+            "SELECT bucket, energy_kwh FROM rollups_1d WHERE sensor_id = 'e1' ORDER BY 1"
+        ).fetchall()
+    assert [b for b, _ in again] == [b for b, _ in daily]
+    assert all(abs(k - j) < 1e-9 for (_, k), (_, j) in zip(again, daily, strict=True))

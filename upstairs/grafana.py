@@ -264,7 +264,7 @@ def tenant_energy(b: Building) -> Json:
         ),
         _panel(
             "Energy per local day (kWh)",
-            f"SELECT (date_trunc('day', h.bucket AT TIME ZONE {tz}) AT TIME ZONE {tz}) AS time,"
+            f"SELECT local_day_start(h.bucket, {tz}) AS time,"
             f" 'kWh' AS metric, sum(h.energy_kwh) AS value FROM rollups_1h h"
             f" JOIN grafana_meter_tenancy m ON m.sensor_id = h.sensor_id AND m.kind = 'energy'"
             f" AND h.bucket >= m.from_ts AND h.bucket < m.to_ts"
