@@ -25,8 +25,9 @@ from pydantic import ValidationError
 from api.auth import Principal, authenticate, credentials, principal_json
 from api.common import ID_PATTERN
 from api.db import Pool
+from core.aio import run_apart
 from core.alert_types import AlertEvent, FloorState
-from core.settings import parse_mqtt_url
+from core.settings import MqttAddress, parse_mqtt_url
 from core.topics import Channel, TopicError, parse_topic, subscription
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Hub:
         self.mqtt_url = mqtt_url
         self.prefix = prefix
         self.connected = False
+        self.backoff = 0.5  # seconds before the next reconnect (jittered, doubled, at most 30)
         self.states: dict[tuple[str, int], FloorState] = {}
         self._queues: set[asyncio.Queue[Message | None]] = set()
 
@@ -84,31 +86,35 @@ class Hub:
         if not self.mqtt_url:
             return
         address = parse_mqtt_url(self.mqtt_url)
-        backoff = 0.5
+        self.backoff = 0.5
         while True:
-            try:
-                async with aiomqtt.Client(
-                    address.host,
-                    address.port,
-                    username=address.username,
-                    password=address.password,
-                    tls_params=aiomqtt.TLSParameters() if address.tls else None,
-                    protocol=aiomqtt.ProtocolVersion.V5,  # the embedded broker speaks only v5
-                ) as client:
-                    await client.subscribe(subscription(Channel.STATE, self.prefix), qos=1)
-                    await client.subscribe(subscription(Channel.ALERTS, self.prefix), qos=1)
-                    self.connected = True
-                    backoff = 0.5
-                    async for message in client.messages:
-                        payload = message.payload
-                        if isinstance(payload, bytes | bytearray):
-                            self.handle(str(message.topic), bytes(payload))
+            try:  # a session apart: a cancel (the API stopping) is never taken for a lost link
+                await run_apart(self._session(address))
             except aiomqtt.MqttError as exc:
-                logger.warning("MQTT: %s; reconnecting in %.1f s", exc, backoff)
+                logger.warning("MQTT: %s; reconnecting in %.1f s", exc, self.backoff)
             finally:
                 self.connected = False
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(self.backoff * (0.5 + random.random()))
+            self.backoff = min(self.backoff * 2, 30.0)
+
+    async def _session(self, address: MqttAddress) -> None:
+        """One broker connection: subscribe, then dispatch until the link fails."""
+        async with aiomqtt.Client(
+            address.host,
+            address.port,
+            username=address.username,
+            password=address.password,
+            tls_params=aiomqtt.TLSParameters() if address.tls else None,
+            protocol=aiomqtt.ProtocolVersion.V5,  # the embedded broker speaks only v5
+        ) as client:
+            await client.subscribe(subscription(Channel.STATE, self.prefix), qos=1)
+            await client.subscribe(subscription(Channel.ALERTS, self.prefix), qos=1)
+            self.connected = True
+            self.backoff = 0.5
+            async for message in client.messages:
+                payload = message.payload
+                if isinstance(payload, bytes | bytearray):
+                    self.handle(str(message.topic), bytes(payload))
 
 
 def tenant_zones(states: dict[tuple[str, int], FloorState], building: str, tenant: str) -> set[str]:

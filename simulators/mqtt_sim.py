@@ -26,6 +26,7 @@ from typing import Literal
 
 import aiomqtt
 
+from core.aio import run_apart
 from core.building import Building
 from core.payload import Reading, encode_telemetry, encode_ts
 from core.settings import MqttAddress
@@ -228,23 +229,13 @@ async def _publish_floor(
     backoff = BACKOFF_MIN_S
     while True:
         client = _client(floor, address)
-        try:
-            async with client:
-                logger.info("%s connected to %s:%d", floor.source, address.host, address.port)
-                backoff = BACKOFF_MIN_S
-                try:
-                    online = status_payload(floor.source, "online", clock.now())
-                    await client.publish(floor.status, online, qos=1, retain=True)
-                    await _drain(client, floor, done)
-                except asyncio.CancelledError:
-                    await _farewell(client, floor, clock)
-                    raise
-                offline = status_payload(floor.source, "offline", clock.now(), "stopped")
-                await client.publish(
-                    floor.status, offline, qos=1, retain=True, timeout=FAREWELL_TIMEOUT_S
-                )
-                return
+        connected = asyncio.Event()
+        try:  # a session apart: a cancel is never taken for a lost link (core.aio.run_apart)
+            await run_apart(_session(client, floor, address, clock, done, connected))
+            return
         except aiomqtt.MqttError as exc:
+            if connected.is_set():
+                backoff = BACKOFF_MIN_S
             _consume_disconnect_reason(client)
             if done.is_set():
                 logger.warning("%s stopped without a broker connection: %s", floor.source, exc)
@@ -258,6 +249,29 @@ async def _publish_floor(
             )
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             await _wait(done, delay)
+
+
+async def _session(
+    client: aiomqtt.Client,
+    floor: _Floor,
+    address: MqttAddress,
+    clock: SimClock,
+    done: asyncio.Event,
+    connected: asyncio.Event,
+) -> None:
+    """One connection: the birth, the outbox until done, then the retained "offline"."""
+    async with client:
+        logger.info("%s connected to %s:%d", floor.source, address.host, address.port)
+        connected.set()
+        try:
+            online = status_payload(floor.source, "online", clock.now())
+            await client.publish(floor.status, online, qos=1, retain=True)
+            await _drain(client, floor, done)
+        except asyncio.CancelledError:
+            await _farewell(client, floor, clock)
+            raise
+        offline = status_payload(floor.source, "offline", clock.now(), "stopped")
+        await client.publish(floor.status, offline, qos=1, retain=True, timeout=FAREWELL_TIMEOUT_S)
 
 
 def _consume_disconnect_reason(client: aiomqtt.Client) -> None:
