@@ -8,12 +8,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import aiomqtt
-
 from core.aio import run_apart
 from core.payload import parse_timestamp
 from gateway.service import Gateway, run_gateway
 from simulators.modbus_sim import FieldDevices, serve_modbus
+from tests.cancel_helpers import CancelAsMqttError
 from tests.conftest import MqttTarget
 from tests.test_gateway_support import (
     Collector,
@@ -187,10 +186,6 @@ async def test_kill_9_leaves_the_last_will(mqtt: MqttTarget, tmp_path: Path) -> 
     }
 
 
-class _GiveUp(BaseException):
-    """Ends an uplink that did not stop (no except clause of it takes a BaseException)."""
-
-
 async def test_a_cancelled_uplink_stops_when_its_session_fails_on_the_cancel(
     mqtt: MqttTarget, tmp_path: Path
 ) -> None:
@@ -199,33 +194,15 @@ async def test_a_cancelled_uplink_stops_when_its_session_fails_on_the_cancel(
     reconnect forever while whoever cancelled it (a gateway stopping) waits."""
     building = make_building(per_kind=1, interval_s=1.0)
     gateway = Gateway(building, 1, settings_for(mqtt.url, mqtt.prefix, 1, tmp_path / "q"))
-    in_session = asyncio.Event()
-    sessions = 0
-
-    async def session() -> None:
-        nonlocal sessions
-        sessions += 1
-        if sessions > 1:
-            raise _GiveUp  # it went on reconnecting after the cancel
-
-        async def child() -> None:
-            in_session.set()
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                raise aiomqtt.MqttError("disconnected during message iteration") from None
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(child())
-
+    session = CancelAsMqttError()
     gateway.uplink._connect_and_serve = session  # type: ignore[method-assign]
     try:
         task = asyncio.create_task(gateway.uplink.run())
-        await asyncio.wait_for(in_session.wait(), 5)
+        await asyncio.wait_for(session.in_session.wait(), 5)
         task.cancel()
         await asyncio.wait([task], timeout=10)
         assert task.done() and task.cancelled(), task
-        assert sessions == 1
+        assert session.sessions == 1
     finally:
         gateway.queue.close()
 
