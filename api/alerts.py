@@ -38,11 +38,12 @@ SELECT a.*,
                         '[]')
           FROM tenants t WHERE t.building_id = a.building_id AND t.id = ANY (a.tenant_ids))
            AS tenant_refs,
-       EXISTS (SELECT 1 FROM leases l
+       EXISTS (SELECT 1 FROM leases l JOIN buildings b ON b.id = l.building_id
                 WHERE l.building_id = a.building_id AND l.zone_id = a.zone_id
                   AND l.tenant_id = (SELECT api_tenant())
-                  AND l.valid_from <= current_date
-                  AND (l.valid_to IS NULL OR current_date < l.valid_to)) AS own_zone
+                  AND l.valid_from <= (now() AT TIME ZONE b.timezone)::date
+                  AND (l.valid_to IS NULL OR (now() AT TIME ZONE b.timezone)::date < l.valid_to))
+           AS own_zone
   FROM alerts a
 """
 

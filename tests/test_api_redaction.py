@@ -152,3 +152,58 @@ def test_alert_list_hides_who_of_another_tenant_acknowledged(db_url: str) -> Non
     assert theirs.json()[0]["acknowledged_by"] == "another tenant"
     assert "night-shift" not in theirs.text and actor_tenant not in theirs.text
     assert mine.json()[0]["acknowledged_by"] == actor
+
+
+def test_own_zone_is_decided_by_the_buildings_local_date(db_url: str) -> None:
+    """A lease is by the building's local days: on the day a zone changes hands, a fire in it
+    is the new lessee's own and only a neighbour's to the old one (or the coming one), even
+    when the database's own date (UTC) is still, or already, another day."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    import psycopg
+
+    from core.building_file import load_building
+    from tests.api_helpers import apply, bearer, client, token
+    from tests.conftest import REF_TOWER
+
+    building = load_building(REF_TOWER)
+    apply(db_url, building)
+    now = datetime.now(UTC)
+    # a zone whose local date is a day after UTC's (11:00-23:59 UTC), or a day before it
+    ahead = now.hour >= 11
+    tz = "Pacific/Kiritimati" if ahead else "Etc/GMT+12"
+    local = now.astimezone(ZoneInfo(tz)).date()
+    assert local != now.date()
+    zone = next(z for z in building.zones if z.floor == 3)
+    a, b = (t.id for t in building.tenants[:2])
+    if ahead:  # a's lease ended at the local midnight just passed, UTC's day still has it
+        leases = [(a, local - timedelta(days=10), local), (b, local, None)]
+    else:  # a's lease starts at the next local midnight, UTC's day has already begun it
+        leases = [
+            (b, local - timedelta(days=10), local + timedelta(days=1)),
+            (a, local + timedelta(days=1), None),
+        ]
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE buildings SET timezone = %s WHERE id = 'ref-tower'", (tz,))
+        conn.execute("DELETE FROM leases WHERE zone_id = %s", (zone.id,))
+        for tenant, start, end in leases:
+            conn.execute(
+                "INSERT INTO leases (building_id, tenant_id, zone_id, valid_from, valid_to)"
+                " VALUES ('ref-tower', %s, %s, %s, %s)",
+                (tenant, zone.id, start, end),
+            )
+        conn.execute(
+            "INSERT INTO alerts (building_id, rule, subject, floor, zone_id, sensor_id,"
+            " tenant_ids, severity, state, latched, condition_active, message, opened_at,"
+            " evacuation_floors) VALUES ('ref-tower', 'fire', 'sensor:x', 3, %s, 'ref-f03-fire-z1',"
+            " %s, 'critical', 'open', true, true, %s, now(), '{2,3,4}')",
+            (zone.id, [a, b], f"FIRE in {zone.id} of {b}"),
+        )
+    with client(db_url) as c:
+        lessee = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", b))).json()
+        other = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", a)))
+    assert lessee[0]["zone"] == zone.id and b in lessee[0]["message"]
+    assert other.status_code == 200 and len(other.json()) == 1
+    for secret in (zone.id, b, "ref-f03-fire-z1"):
+        assert secret not in other.text, secret
