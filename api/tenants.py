@@ -59,14 +59,15 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
 }
 
-# The tenant's meters and when they are its: own meters always, zone meters while leased.
+# The tenant's meters and when they are its: own meters always, zone meters while leased
+# (from the first local midnight of the lease's first day to that of its end: migration 0016).
 METERS_SQL = """
 SELECT s.id, s.kind, '-infinity'::timestamptz AS from_ts, 'infinity'::timestamptz AS to_ts
   FROM sensors s
  WHERE s.building_id = %(b)s AND s.tenant_id = %(t)s AND s.kind IN ('power', 'energy')
 UNION ALL
-SELECT s.id, s.kind, l.valid_from::timestamp AT TIME ZONE bl.timezone,
-       coalesce(l.valid_to::timestamp AT TIME ZONE bl.timezone, 'infinity')
+SELECT s.id, s.kind, local_midnight(l.valid_from, bl.timezone),
+       coalesce(local_midnight(l.valid_to, bl.timezone), 'infinity')
   FROM sensors s
   JOIN leases l ON l.building_id = s.building_id AND l.zone_id = s.zone_id
   JOIN buildings bl ON bl.id = s.building_id

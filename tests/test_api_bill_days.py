@@ -9,6 +9,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -166,3 +167,53 @@ def test_the_days_equal_the_bill_of_the_minutes(
             assert bill["peak_demand_kw"] == pytest.approx(other.peak_demand_kw, abs=1e-3)
             assert other.peak_demand_at is not None
             assert bill["peak_demand_at"] == other.peak_demand_at.isoformat().replace("+00:00", "Z")
+
+
+def test_a_handover_on_a_day_whose_midnight_happens_twice(db_url: str, tmp_path: Path) -> None:
+    """America/Havana, 1 November 2026: the clock goes back from 01:00 to 00:00. A lease that
+    starts (or ends) that day starts at the first midnight (migration 0016), as the day does:
+    the hour between the two midnights is the new lessee's, in its bill and in what it may
+    read, and not the old one's."""
+    havana = ZoneInfo("America/Havana")
+    text = REF_TOWER.read_text().replace("timezone: Asia/Shanghai", "timezone: America/Havana")
+    text = text.replace(
+        "f09-z3, from: 2026-01-01, to: 2026-07-01}", "f09-z3, from: 2026-01-01, to: 2026-11-01}"
+    )
+    text = text.replace("f09-z3, from: 2026-07-01}", "f09-z3, from: 2026-11-01}")
+    path = tmp_path / "havana.yaml"
+    path.write_text(text)
+    apply(db_url, ref_tower(path))
+    start = datetime(2026, 10, 31, 20, 0, tzinfo=havana).astimezone(UTC)
+    rows = [(ZONE_METER, start + timedelta(minutes=5 * k), 100.0 + 1.5 * k) for k in range(12 * 32)]
+    store_readings(db_url, rows)
+    first = datetime(2026, 11, 1, tzinfo=havana).astimezone(UTC)
+    assert first == datetime(2026, 11, 1, 4, tzinfo=UTC)  # the second midnight is 05:00 UTC
+    before = next(v for _, ts, v in reversed(rows) if ts < first)
+    november = rows[-1][2] - before  # every increase from the first midnight on
+    october = before - rows[0][2]
+    secret = token(db_url, "operator")
+    with client(db_url, api_cache_s=0, api_bill_cache=False) as c:
+        bills_of = {
+            (tenant, month): c.get(
+                f"/api/v1/tenants/{tenant}/bill?month={month}", headers=bearer(secret)
+            ).json()["total_kwh"]
+            for tenant in ("protoworks", "axisline")
+            for month in ("2026-10", "2026-11")
+        }
+        z = "%Y-%m-%dT%H:%M:%SZ"
+        first_hour = f"from={first:{z}}&to={first + timedelta(hours=1):{z}}"
+        seen = {
+            tenant: c.get(
+                f"/api/v1/sensors/{ZONE_METER}/readings?{first_hour}&step=raw",
+                headers=bearer(token(db_url, "tenant", tenant)),
+            )
+            for tenant in ("protoworks", "axisline")
+        }
+    assert bills_of["axisline", "2026-11"] == pytest.approx(november, abs=2e-3)
+    assert bills_of["protoworks", "2026-10"] == pytest.approx(october, abs=2e-3)
+    assert bills_of["protoworks", "2026-11"] == 0
+    assert bills_of["axisline", "2026-10"] == 0
+    assert seen["axisline"].status_code == 200
+    assert len(seen["axisline"].json()["series"][0]["t"]) == 12  # the hour, every 5 minutes
+    assert seen["protoworks"].status_code == 200  # its zone's sensor until the handover
+    assert seen["protoworks"].json()["series"][0]["t"] == []  # but not in that hour
