@@ -36,6 +36,9 @@ from gateway.queue import ReadingQueue, Row
 
 logger = logging.getLogger(__name__)
 
+#: How long a clean stop waits for the live publishes in flight (their PUBACKs).
+STOP_WAIT_S = 2.0
+
 
 @dataclass
 class UplinkStats:
@@ -58,6 +61,7 @@ class _Session:
         self.backlog_end = backlog_end
         self.tg = tg
         self.replay_slots = asyncio.Semaphore(1)  # resized by the uplink
+        self.live: set[asyncio.Task[None]] = set()  # publishes of just-committed readings
 
 
 class Uplink:
@@ -101,7 +105,9 @@ class Uplink:
         rows = self.queue.fetch(first_id - 1, last_id, last_id - first_id + 1)
         for start in range(0, len(rows), self.batch_max):
             chunk = rows[start : start + self.batch_max]
-            session.tg.create_task(self._publish_rows(session, chunk), name="mqtt-live")
+            task = session.tg.create_task(self._publish_rows(session, chunk), name="mqtt-live")
+            session.live.add(task)
+            task.add_done_callback(session.live.discard)
 
     async def run(self) -> None:
         """Keep a session up until cancelled."""
@@ -127,10 +133,14 @@ class Uplink:
             await asyncio.sleep(delay)
 
     async def stop(self) -> None:
-        """Publish the retained clean ``offline`` status if a session is up (best effort)."""
+        """If a session is up (best effort): let the readings just handed to it be published
+        and acknowledged (at most ``STOP_WAIT_S``; what is not stays queued for the next
+        start), then publish the retained clean ``offline`` status."""
         session = self._session
         if session is None:
             return
+        if session.live:
+            await asyncio.wait(set(session.live), timeout=STOP_WAIT_S)
         try:
             await session.client.publish(
                 self.topics.status, offline(self.source, "stopped"), qos=1, retain=True, timeout=2
