@@ -13,31 +13,40 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from core.building import Building, SensorKind
+from core.building import DECIMALS, Building, SensorKind
 
 
 def _value(kind: SensorKind, i: int, minute: int, phase: int) -> float:
+    """The value model, at the resolution the devices report (``core.building.DECIMALS``)."""
     hour = (minute // 60 + 8) % 24
     day = 0.6 + 0.4 * math.sin(math.pi * max(0, hour - 6) / 16) if 6 <= hour < 22 else 0.3
+    value = 0.0
     if kind is SensorKind.LOAD:
-        return 250.0 + 30 * math.sin((minute + phase) / 300)
-    if kind is SensorKind.POWER:
-        return 300.0 * day + (phase % 50)
-    if kind is SensorKind.TEMPERATURE:
-        return 24.0 + 3 * day
-    return 0.0
+        value = 250.0 + 30 * math.sin((minute + phase) / 300)
+    elif kind is SensorKind.POWER:
+        value = 300.0 * day + (phase % 50)
+    elif kind is SensorKind.TEMPERATURE:
+        value = 24.0 + 3 * day
+    return round(value, DECIMALS[kind])
+
+
+def _register(value: float) -> float:
+    return round(value, DECIMALS[SensorKind.ENERGY])
 
 
 def _rows(building: Building, start: datetime, minutes: int) -> Iterator[tuple[object, ...]]:
-    """(sensor, ts, value, energy_kwh) per sensor and minute; energy registers integrate kW."""
+    """(sensor, ts, value, energy_kwh) per sensor and minute; energy registers integrate kW
+    (the register as read, at its resolution; the kWh of a minute its increase)."""
     for i, sensor in enumerate(building.sensors):
         register = 1000.0 * (i + 1)
+        shown = _register(register)
         for m in range(minutes):
             ts = start + timedelta(minutes=m)
             if sensor.kind is SensorKind.ENERGY:
-                kwh = _value(SensorKind.POWER, i, m, i) / 60
-                register += kwh
-                yield sensor.id, ts, register, (kwh if m else 0.0)
+                register += _value(SensorKind.POWER, i, m, i) / 60
+                now = _register(register)
+                yield sensor.id, ts, now, (now - shown if m else 0.0)
+                shown = now
             else:
                 yield sensor.id, ts, _value(sensor.kind, i, m, i * 37), None
 
@@ -50,10 +59,11 @@ def _hour_rows(building: Building, start: datetime, hours: int) -> Iterator[tupl
             ts = start + timedelta(hours=h)
             last = ts + timedelta(minutes=59)
             if sensor.kind is SensorKind.ENERGY:
-                kwh = _value(SensorKind.POWER, i, h * 60, i)
-                register += kwh
-                yield (sensor.id, ts, 60, 60 * register, register - kwh, register, last,
-                       register, kwh)  # fmt: skip
+                before = _register(register)
+                register += _value(SensorKind.POWER, i, h * 60, i)
+                now = _register(register)
+                yield (sensor.id, ts, 60, 60 * now, before, now, last, now,
+                       now - before)  # fmt: skip
             else:
                 v = _value(sensor.kind, i, h * 60, i * 37)
                 yield sensor.id, ts, 60, 60 * v, v - 1.0, v + 1.0, last, v, None

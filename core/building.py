@@ -40,6 +40,17 @@ UNITS: dict[SensorKind, str] = {
     SensorKind.FIRE: "state",
 }
 
+#: Decimals of the values the simulated devices report (their resolution: a power meter's
+#: 0.01 kW, an energy register's 0.001 kWh (1 Wh), a load cell's 0.1 kg/m2, a thermometer's
+#: 0.01 degC); the benchmark's seeded history has the same.
+DECIMALS: dict[SensorKind, int] = {
+    SensorKind.POWER: 2,
+    SensorKind.ENERGY: 3,
+    SensorKind.LOAD: 1,
+    SensorKind.TEMPERATURE: 2,
+    SensorKind.FIRE: 0,
+}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from core.building import Building, Sensor, SensorKind
+from core.building import DECIMALS, Building, Sensor, SensorKind
 from simulators.profile import ShiftCurve, seconds_since_epoch, smooth_noise, stable_key, unit
 
 COMMON_BASE = 0.4
@@ -98,7 +98,7 @@ class DeviceModel:
             if meter.tenant is not None:
                 scale *= self._tenant_power_factor.get(meter.tenant, 1.0)
             power = self.expected_power(sensor_id, at) * (1 + 0.04 * noise) * scale
-            return round(max(0.0, power), 2)
+            return round(max(0.0, power), DECIMALS[SensorKind.POWER])
         if sensor.kind is SensorKind.ENERGY:
             return self._register(sensor_id, at)
         if sensor.kind is SensorKind.LOAD:
@@ -109,11 +109,14 @@ class DeviceModel:
             load = (self.expected_load(zone, at) + noise * self._zone_limit[zone]) * (
                 self._zone_factor.get(zone, 1.0)
             )
-            return round(max(0.0, load), 1)
+            return round(max(0.0, load), DECIMALS[SensorKind.LOAD])
         if sensor.kind is SensorKind.TEMPERATURE:
             heat = self._floor_heat[sensor.floor] * self.curve.mean(at, 3600)
             temp = 22.5 + 1.5 * unit(key, 1) + heat + 0.3 * smooth_noise(key, t, 300)
-            return round(temp + self._floor_temp_shift.get(sensor.floor, 0.0), 2)
+            return round(
+                temp + self._floor_temp_shift.get(sensor.floor, 0.0),
+                DECIMALS[SensorKind.TEMPERATURE],
+            )
         return 0.0  # fire detector: normal
 
     def sample(self, at: datetime, sensor_ids: list[str] | None = None) -> dict[str, float]:
@@ -134,7 +137,9 @@ class DeviceModel:
         hours = self.curve.hours(at)
         if meter.tenant is None:
             hours = COMMON_BASE * seconds_since_epoch(at) / 3600 + (1 - COMMON_BASE) * hours
-        return round(max(0.0, meter.initial_kwh + meter.peak_kw * hours), 3)
+        return round(
+            max(0.0, meter.initial_kwh + meter.peak_kw * hours), DECIMALS[SensorKind.ENERGY]
+        )
 
     def expected_power(self, sensor_id: str, at: datetime) -> float:
         """Noise-free, unscaled power of a meter's circuit at ``at`` (kW)."""
