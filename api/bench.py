@@ -43,7 +43,7 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from api.bench_client import ENDPOINTS
 from api.bench_seed import raw_days_of, seed
@@ -198,6 +198,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _schema_exists(url: str, schema: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    return row is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -212,6 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.reuse.startswith(_SCHEMA_PREFIX):
             parser.error("--reuse takes a schema made by this bench (bench_...)")
         schema, keep = args.reuse, True
+        if not _schema_exists(base_url, schema):
+            info = conninfo_to_dict(base_url)
+            where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname')}"
+            print(
+                f"error: --reuse {schema}: no such schema in {where}; give a schema kept by"
+                " --keep in the same database (UPSTAIRS_DATABASE_URL)",
+                file=sys.stderr,
+            )
+            return 2
     else:
         schema, keep = f"{_SCHEMA_PREFIX}{secrets.token_hex(4)}", args.keep
         with psycopg.connect(base_url, autocommit=True) as conn:

@@ -64,3 +64,16 @@ def test_bench_runs_both_phases_and_drops_its_schema(
     with psycopg.connect(pg_server_url) as conn:
         left = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (found[1],))
         assert left.fetchone() is None
+
+
+def test_reusing_a_schema_that_is_not_there_says_where_it_looked(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UPSTAIRS_DATABASE_URL", pg_server_url)
+    assert bench.main(["--reuse", "bench_00000000"]) == 2
+    err = capsys.readouterr().err
+    dbname = psycopg.conninfo.conninfo_to_dict(pg_server_url).get("dbname")
+    assert "--reuse bench_00000000: no such schema in" in err and f"/{dbname};" in err, err
+    with psycopg.connect(pg_server_url) as conn:
+        made = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'bench_00000000'")
+        assert made.fetchone() is None  # nothing was created by the refused run
