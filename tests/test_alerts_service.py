@@ -82,11 +82,15 @@ async def test_fire_latches_until_reset_100_of_100(db_url, mqtt) -> None:
                 alert_id = cleared[-1]["alert"]["id"]
                 clock.advance(30)
                 await asyncio.sleep(0.06)  # a tick or more
-                state, latched, active = rows(
-                    db_url,
-                    "SELECT state, latched, condition_active FROM alerts WHERE id = %s",
-                    alert_id,
-                )[0]
+                # a fire event is published before its commit (alerts/runtime.py): wait for it
+                (state, latched, active), *_ = await wait_for(
+                    lambda a=alert_id: rows(
+                        db_url,
+                        "SELECT state, latched, condition_active FROM alerts WHERE id = %s",
+                        a,
+                    ),
+                    what=f"trial {trial}: alert {alert_id} committed",
+                )
                 assert (state, latched, active) == ("open", True, False), f"trial {trial}"
                 if trial % 10 == 0:
                     shelve = command(
