@@ -46,7 +46,6 @@ class Hub:
         self.mqtt_url = mqtt_url
         self.prefix = prefix
         self.connected = False
-        self.backoff = 0.5  # seconds before the next reconnect (jittered, doubled, at most 30)
         self.states: dict[tuple[str, int], FloorState] = {}
         self._queues: set[asyncio.Queue[Message | None]] = set()
 
@@ -86,16 +85,20 @@ class Hub:
         if not self.mqtt_url:
             return
         address = parse_mqtt_url(self.mqtt_url)
-        self.backoff = 0.5
+        backoff = 0.5
         while True:
             try:  # a session apart: a cancel (the API stopping) is never taken for a lost link
                 await run_apart(self._session(address))
             except aiomqtt.MqttError as exc:
-                logger.warning("MQTT: %s; reconnecting in %.1f s", exc, self.backoff)
+                if self.connected:  # a link that was up: start the backoff again
+                    backoff = 0.5
+                logger.warning("MQTT: %s; reconnecting in %.1f s", exc, backoff)
+            else:  # the stream ended without an error, after connecting
+                backoff = 0.5
             finally:
                 self.connected = False
-            await asyncio.sleep(self.backoff * (0.5 + random.random()))
-            self.backoff = min(self.backoff * 2, 30.0)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 30.0)
 
     async def _session(self, address: MqttAddress) -> None:
         """One broker connection: subscribe, then dispatch until the link fails."""
@@ -110,7 +113,6 @@ class Hub:
             await client.subscribe(subscription(Channel.STATE, self.prefix), qos=1)
             await client.subscribe(subscription(Channel.ALERTS, self.prefix), qos=1)
             self.connected = True
-            self.backoff = 0.5
             async for message in client.messages:
                 payload = message.payload
                 if isinstance(payload, bytes | bytearray):

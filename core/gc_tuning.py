@@ -17,8 +17,8 @@ def tune_gc() -> None:
     default thresholds (a collection every 700 net allocations) the collector walked the
     objects in hand again and again. In the ingester that was about 15 % of the
     parse-check-aggregate time; in the API, under 20 concurrent requests of the benchmark's
-    distinct phase, about 1,250 collections in 45 s (0.9 s in all, single pauses up to 38 ms)
-    where these thresholds leave 2 (under 0.1 s; docs/api.md, "Where the time goes").
+    distinct phase, about 1,200 collections in 45 s (0.7 s in all, single pauses up to 38 ms)
+    where these thresholds leave 185 (65 ms in all; docs/api.md, "Results", third session).
     Everything alive when this is called (modules, settings, routes, models) is frozen out of
     the collector's view first."""
     gc.freeze()

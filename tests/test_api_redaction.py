@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
+
+import psycopg
 
 from api.live import redact_actors, redact_for_tenant
 
@@ -30,6 +33,17 @@ FIRE = {
 }
 
 
+def insert_fire(conn: psycopg.Connection[Any], zone: str, tenants: list[str], message: str) -> None:
+    """An open, latched fire alert in ``zone`` of floor 3 of ref-tower (evacuating 2-4)."""
+    conn.execute(
+        "INSERT INTO alerts (building_id, rule, subject, floor, zone_id, sensor_id,"
+        " tenant_ids, severity, state, latched, condition_active, message, opened_at,"
+        " evacuation_floors) VALUES ('ref-tower', 'fire', 'sensor:x', 3, %s, 'ref-f03-fire-z1',"
+        " %s, 'critical', 'open', true, true, %s, now(), '{2,3,4}')",
+        (zone, tenants, message),
+    )
+
+
 def test_neighbour_fire_is_redacted_to_floor_and_advice() -> None:
     seen = redact_for_tenant(FIRE, "siliconlab", own_zones={"f04-z1"})
     text = repr(seen)
@@ -51,7 +65,6 @@ def test_own_zone_alert_keeps_its_detail() -> None:
 def test_alert_list_redacts_a_neighbours_fire_for_a_tenant(db_url: str) -> None:
     """GET /api/v1/alerts: the tenant in the evacuation zone learns floor and advice only;
     the tenant whose zone burns sees the detail."""
-    import psycopg
 
     from core.building_file import load_building
     from tests.api_helpers import apply, bearer, client, token
@@ -69,13 +82,7 @@ def test_alert_list_redacts_a_neighbours_fire_for_a_tenant(db_url: str) -> None:
     )
     assert owner and neighbour
     with psycopg.connect(db_url) as conn:
-        conn.execute(
-            "INSERT INTO alerts (building_id, rule, subject, floor, zone_id, sensor_id,"
-            " tenant_ids, severity, state, latched, condition_active, message, opened_at,"
-            " evacuation_floors) VALUES ('ref-tower', 'fire', 'sensor:x', 3, %s, 'ref-f03-fire-z1',"
-            " %s, 'critical', 'open', true, true, %s, now(), '{2,3,4}')",
-            (zone.id, [owner, neighbour], f"FIRE in {zone.id} of {owner}"),
-        )
+        insert_fire(conn, zone.id, [owner, neighbour], f"FIRE in {zone.id} of {owner}")
     with client(db_url) as c:
         mine = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", owner))).json()
         theirs = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", neighbour)))
@@ -120,7 +127,6 @@ def test_other_tenants_staff_and_tokens_are_not_shown() -> None:
 def test_alert_list_hides_who_of_another_tenant_acknowledged(db_url: str) -> None:
     """GET /api/v1/alerts for two tenants of one floor: each sees its own staff, not the
     other's (the actor is recorded as the API's Principal.actor names it)."""
-    import psycopg
 
     from api.auth import Principal
     from core.building_file import load_building
@@ -161,8 +167,6 @@ def test_own_zone_is_decided_by_the_buildings_local_date(db_url: str) -> None:
     from datetime import UTC, datetime, timedelta
     from zoneinfo import ZoneInfo
 
-    import psycopg
-
     from core.building_file import load_building
     from tests.api_helpers import apply, bearer, client, token
     from tests.conftest import REF_TOWER
@@ -193,13 +197,7 @@ def test_own_zone_is_decided_by_the_buildings_local_date(db_url: str) -> None:
                 " VALUES ('ref-tower', %s, %s, %s, %s)",
                 (tenant, zone.id, start, end),
             )
-        conn.execute(
-            "INSERT INTO alerts (building_id, rule, subject, floor, zone_id, sensor_id,"
-            " tenant_ids, severity, state, latched, condition_active, message, opened_at,"
-            " evacuation_floors) VALUES ('ref-tower', 'fire', 'sensor:x', 3, %s, 'ref-f03-fire-z1',"
-            " %s, 'critical', 'open', true, true, %s, now(), '{2,3,4}')",
-            (zone.id, [a, b], f"FIRE in {zone.id} of {b}"),
-        )
+        insert_fire(conn, zone.id, [a, b], f"FIRE in {zone.id} of {b}")
     with client(db_url) as c:
         lessee = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", b))).json()
         other = c.get("/api/v1/alerts", headers=bearer(token(db_url, "tenant", a)))
