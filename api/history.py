@@ -36,6 +36,7 @@ from api.common import (
     responses,
 )
 from api.db import Pool, PoolDep
+from api.packed import assemble, packed_read
 from api.series import (
     From,
     Step,
@@ -232,13 +233,7 @@ def series_of(
     for s in sensors:
         r = found.get(s["id"])
         kwh = s["kind"] == "energy" and step is not Step.RAW
-        item: dict[str, Any] = {
-            "sensor": s["id"],
-            "kind": s["kind"],
-            "zone": s["zone"],
-            "tenant": s["tenant"],
-            "unit": UNITS[s["kind"]],
-        }
+        item = _item(s)
         if axis is None:
             item["t"] = r["t"] if r else []
         for name in ("avg", "min", "max"):
@@ -248,7 +243,13 @@ def series_of(
     return axis, out
 
 
-def _history_response(head: dict[str, Any], axis: list[datetime] | None, series: Any) -> Response:
+def _item(s: Row) -> dict[str, Any]:
+    """The head of a series: its sensor."""
+    return {"sensor": s["id"], "kind": s["kind"], "zone": s["zone"], "tenant": s["tenant"],
+            "unit": UNITS[s["kind"]]}  # fmt: skip
+
+
+def _history_response(head: dict[str, Any], axis: Any, series: Any) -> Response:
     """The whole answer by orjson (a day of minutes of a floor is a few hundred kB)."""
     body = head | {"t": axis, "series": series}
     return Response(orjson.dumps(body, option=_OUT), media_type="application/json")
@@ -303,8 +304,9 @@ async def _floor_series(
     step: Step,
     start: datetime,
     end: datetime,
-) -> tuple[dict[str, Any], list[datetime] | None, list[dict[str, Any]]]:
-    """(head of the answer, axis, series) of a floor's history of ``metric``.
+) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
+    """(head of the answer, axis, series) of a floor's history of ``metric``; by minute, the
+    axis and the statistics are JSON already (:mod:`api.packed`).
 
     RLS hides a building (and its floors) the caller may not see: the head query checks both
     and finds the time zone. Its sensors and their series (a floor's sensors of one kind,
@@ -313,7 +315,9 @@ async def _floor_series(
     """
     params = {"building": building, "floor": floor, "metric": metric, "start": start, "end": end}
     reads = [Read(_FLOOR_HEAD_SQL, params), Read(_FLOOR_SENSORS_SQL, params)]
-    if step in _NO_TZ:  # a floor's metric is never energy: no kWh
+    if step is Step.M1:  # from the packed hours (api/packed.py)
+        reads.append(packed_read(_FLOOR_IDS, params))
+    elif step in _NO_TZ:  # a floor's metric is never energy: no kWh
         reads.append(series_read(step, params, energy=False, ids=_FLOOR_IDS))
     found = await read_scoped(pool, who, *reads)
     if not found[0]:
@@ -321,6 +325,11 @@ async def _floor_series(
     if found[0][0]["number"] is None:
         raise not_found(f"floor {floor} of {building!r}")
     sensors = found[1]
+    head = {"building": building, "floor": floor, "metric": metric, "unit": UNITS[metric],
+            "step": step, "start": start, "end": end}  # fmt: skip
+    if step is Step.M1:
+        times, packed = assemble([s["id"] for s in sensors], found[2])
+        return head, times, [_item(s) | packed[s["id"]] | {"energy_kwh": None} for s in sensors]
     if step in _NO_TZ:
         rows = found[2]
     elif sensors:
@@ -330,8 +339,6 @@ async def _floor_series(
     else:
         rows = []
     axis, series = series_of(sensors, rows, step)
-    head = {"building": building, "floor": floor, "metric": metric, "unit": UNITS[metric],
-            "step": step, "start": start, "end": end}  # fmt: skip
     return head, axis, series
 
 

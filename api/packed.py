@@ -1,0 +1,142 @@
+"""A floor's history by minute from the packed hours (``minute_packs``, migration 0017).
+
+A pack is one sensor's closed UTC hour of 1-minute rollups: a mask of the minutes present and
+their avg, min and max as JSON numbers joined by commas. A day of a floor by minute is then
+about 100 rows, and their text goes into the answer as it is (``orjson.Fragment``): nothing is
+decoded or encoded number by number. The partial hours at either end of the range, and the
+whole hours without a pack the caller may read (not packed yet, or leased to the caller for
+part of the hour only), are read from ``rollups_1m`` and folded into the same shape by the
+same SQL, so one assembly serves both.
+
+The answer is the one :mod:`api.history` gives from ``rollups_1m`` (``tests/test_api_packed.py``
+compares them): one time axis of the minutes where any sensor has data, each series null
+where it has none.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from api.auth import Read
+from api.common import array_literal
+
+_HOUR = timedelta(hours=1)
+FULL = (1 << 60) - 1
+
+# The packs of the whole hours [h0, h1) and, folded alike from rollups_1m, the minutes of
+# every (sensor, hour) without a visible pack and of the partial hours (``edges``: the
+# [lo, hi) ranges outside the whole hours). ``ids`` is SQL of a text array of sensor ids.
+_SQL = """
+WITH ids AS (SELECT unnest({ids}) AS id),
+p AS MATERIALIZED (
+    SELECT k.sensor_id, k.hour, k.mask, k.avg, k.min, k.max FROM minute_packs k
+     WHERE k.sensor_id = ANY (ARRAY(SELECT id FROM ids))
+       AND k.hour >= %(h0)s AND k.hour < %(h1)s),
+gaps AS (
+    SELECT i.id, h AS lo, h + interval '1 hour' AS hi
+      FROM ids i, generate_series(%(h0)s::timestamptz, %(h1)s::timestamptz - interval '1 hour',
+                                  interval '1 hour') AS h
+     WHERE NOT EXISTS (SELECT 1 FROM p WHERE p.sensor_id = i.id AND p.hour = h)
+    UNION ALL
+    SELECT i.id, e.lo, e.hi
+      FROM ids i, unnest(%(edge_lo)s::timestamptz[], %(edge_hi)s::timestamptz[]) AS e(lo, hi))
+SELECT sensor_id, hour, mask, avg, min, max FROM p
+UNION ALL
+SELECT x.sensor_id, date_trunc('hour', x.bucket, 'UTC'),
+       bit_or(1::bigint << (extract(epoch FROM x.bucket - date_trunc('hour', x.bucket, 'UTC'))
+                            ::integer / 60)),
+       string_agg(json_number(round(x.avg * 1e4::float8) / 1e4::float8), ',' ORDER BY x.bucket),
+       string_agg(json_number(x.min), ',' ORDER BY x.bucket),
+       string_agg(json_number(x.max), ',' ORDER BY x.bucket)
+  FROM gaps g JOIN rollups_1m x ON x.sensor_id = g.id AND x.bucket >= g.lo AND x.bucket < g.hi
+ GROUP BY 1, 2
+"""
+
+
+def packed_read(ids: str, params: dict[str, Any]) -> Read:
+    """The query of a floor's minutes in [``start``, ``end``) of ``params``; ``ids`` SQL of
+    the sensors' ids (a text array), with what it binds in ``params``."""
+    start: datetime = params["start"]
+    end: datetime = params["end"]
+    h0 = _ceil_hour(start)
+    h1 = _floor_hour(end)
+    if h0 < h1:
+        edges = [(start, h0)] if start < h0 else []
+        edges += [(h1, end)] if h1 < end else []
+    else:  # no whole hour
+        h0 = h1 = start
+        edges = [(start, end)]
+    bounds = {
+        "h0": h0,
+        "h1": h1,
+        "edge_lo": array_literal(tuple(e[0] for e in edges)),
+        "edge_hi": array_literal(tuple(e[1] for e in edges)),
+    }
+    return Read(_SQL.format(ids=ids), params | bounds)
+
+
+def _floor_hour(t: datetime) -> datetime:
+    t = t.astimezone(UTC)
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(t: datetime) -> datetime:
+    hour = _floor_hour(t)
+    return hour if hour == t else hour + _HOUR
+
+
+@lru_cache(maxsize=4096)
+def _times(hour: datetime, mask: int) -> str:
+    """The JSON times (as orjson writes them) of the minutes of ``mask`` in ``hour``."""
+    stamp = hour.strftime("%Y-%m-%dT%H:")
+    return ",".join(f'"{stamp}{i:02d}:00Z"' for i in range(60) if mask >> i & 1)
+
+
+def _spread(text: str, mask: int, union: int) -> str:
+    """The comma-joined values of ``mask``'s minutes placed on ``union``'s (null elsewhere)."""
+    values = iter(text.split(","))
+    return ",".join(next(values) if mask >> i & 1 else "null" for i in range(60) if union >> i & 1)
+
+
+Row = dict[str, Any]
+
+
+def assemble(sensor_ids: list[str], rows: list[Row]) -> tuple[orjson.Fragment, dict[str, Any]]:
+    """(the time axis, {sensor id: {"avg", "min", "max": JSON arrays}}) from the rows of
+    :func:`packed_read`, hour by hour: every sensor's values of an hour are put on the
+    minutes any of them has (as is, in the usual case that all have the same minutes)."""
+    by_hour: dict[datetime, dict[str, Row]] = {}
+    known = set(sensor_ids)
+    for r in rows:
+        if r["sensor_id"] in known:
+            by_hour.setdefault(r["hour"], {})[r["sensor_id"]] = r
+    axis: list[str] = []
+    parts: dict[str, dict[str, list[str]]] = {
+        s: {"avg": [], "min": [], "max": []} for s in sensor_ids
+    }
+    for hour in sorted(by_hour):
+        cells = by_hour[hour]
+        union = 0
+        for r in cells.values():
+            union |= r["mask"]
+        axis.append(_times(hour, union))
+        same = len(cells) == len(sensor_ids) and all(r["mask"] == union for r in cells.values())
+        width = union.bit_count()
+        for s in sensor_ids:
+            cell = cells.get(s)
+            for name, out in parts[s].items():
+                if cell is None:
+                    out.append(",".join(["null"] * width))
+                elif same:
+                    out.append(cell[name])
+                else:
+                    out.append(_spread(cell[name], cell["mask"], union))
+    series = {
+        s: {name: orjson.Fragment(f"[{','.join(out)}]") for name, out in stats.items()}
+        for s, stats in parts.items()
+    }
+    return orjson.Fragment(f"[{','.join(axis)}]"), series
