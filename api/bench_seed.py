@@ -120,6 +120,11 @@ def seed(
                 cp.set_types(_ROLLUP_TYPES)
                 for row in _hour_rows(building, older, hours):
                     cp.write_row(row)
+        conn.execute(  # the closed hours of the last 14 days packed, as the refresh does
+            "SELECT pack_hours(ARRAY(SELECT id FROM sensors WHERE kind IN"
+            " ('load', 'power', 'temperature')), %s, %s)",
+            (now - timedelta(days=14), now),
+        )
         conn.execute("ANALYZE")  # plan the backfill with statistics of what was written
         conn.execute("SELECT backfill_day_quarter_rollups()")  # migrations 0011, 0012
         conn.execute(
@@ -142,4 +147,5 @@ _VACUUMED = (
     "energy_15m",
     "tenant_energy_days",
     "sensor_latest",
+    "minute_packs",
 )

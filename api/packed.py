@@ -76,7 +76,7 @@ def packed_read(ids: str, params: dict[str, Any]) -> Read:
         "edge_lo": array_literal(tuple(e[0] for e in edges)),
         "edge_hi": array_literal(tuple(e[1] for e in edges)),
     }
-    return Read(_SQL.format(ids=ids), params | bounds)
+    return Read(_SQL.format(ids=ids), params | bounds, binary=True, generic=True)
 
 
 def _floor_hour(t: datetime) -> datetime:

@@ -101,6 +101,7 @@ def recompute_rollups(
         "  WHERE excluded.ts > l.ts",
         params,
     )
+    conn.execute("SELECT pack_hours(%(ids)s, %(start)s, %(end)s)", params)  # migration 0017
 
 
 def store(conn: psycopg.Connection[Any], rows: list[tuple[str, datetime, float]]) -> None:

@@ -83,15 +83,15 @@ BEGIN
 END;
 $$;
 
--- Pack every closed UTC hour of these sensors in [from_ts, to_ts) (from_ts on an hour).
+-- Pack every closed UTC hour of these sensors with minutes in [from_ts, to_ts).
 CREATE OR REPLACE FUNCTION pack_hours(sensor_ids text[], from_ts timestamptz,
                                       to_ts timestamptz) RETURNS integer
 LANGUAGE sql AS $$
-    SELECT pack_pairs(array_agg(s), array_agg(h))
-      FROM unnest(sensor_ids) AS s,
-           generate_series(date_trunc('hour', from_ts, 'UTC'),
-                           least(to_ts, date_trunc('hour', now(), 'UTC')) - interval '1 hour',
-                           interval '1 hour') AS h
+    SELECT coalesce(pack_pairs(array_agg(sensor_id), array_agg(hour)), 0)
+      FROM (SELECT DISTINCT r.sensor_id, date_trunc('hour', r.bucket, 'UTC') AS hour
+              FROM rollups_1m r
+             WHERE r.sensor_id = ANY (sensor_ids) AND r.bucket >= from_ts AND r.bucket < to_ts
+               AND r.bucket < date_trunc('hour', now(), 'UTC')) h
 $$;
 
 -- Each refresh: sweep the hours closed since the last sweep into the pending set (every
