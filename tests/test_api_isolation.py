@@ -23,7 +23,7 @@ from tests.api_helpers import apply, bearer, client, store_readings, token
 N = 50  # objects per tenant
 TENANT_TABLES = [
     "tenants", "leases", "sensors", "readings", "rollups_1m", "rollups_1h", "rollups_1d",
-    "energy_15m", "tenant_energy_days", "sensor_latest", "alerts", "alert_events",
+    "energy_15m", "tenant_energy_days", "sensor_latest", "minute_packs", "alerts", "alert_events",
     "alert_commands", "api_tokens", "api_sessions", "audit_log",
 ]  # fmt: skip
 
@@ -129,7 +129,7 @@ def test_api_role_cannot_bypass_rls(db_url: str) -> None:
 def test_no_tenant_set_means_no_tenant_rows(db_url: str) -> None:
     seed(db_url)
     with psycopg.connect(api_role_conninfo(db_url)) as conn:
-        for table in TENANT_TABLES[:13]:
+        for table in TENANT_TABLES[:14]:
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
             assert count == (0,), table
         for table in ("api_tokens", "api_sessions", "audit_log"):
