@@ -25,11 +25,11 @@ from api.auth import Read
 from api.common import array_literal
 
 _HOUR = timedelta(hours=1)
-FULL = (1 << 60) - 1
 
 # The packs of the whole hours [h0, h1) and, folded alike from rollups_1m, the minutes of
 # every (sensor, hour) without a visible pack and of the partial hours (``edges``: the
-# [lo, hi) ranges outside the whole hours). ``ids`` is SQL of a text array of sensor ids.
+# [lo, hi) ranges outside the whole hours); then one row per sensor: its hours (Unix time),
+# their masks, and its values of them all, in hour order. ``ids`` is SQL of a text array.
 _SQL = """
 WITH ids AS (SELECT unnest({ids}) AS id),
 p AS MATERIALIZED (
@@ -44,16 +44,22 @@ gaps AS (
     UNION ALL
     SELECT i.id, e.lo, e.hi
       FROM ids i, unnest(%(edge_lo)s::timestamptz[], %(edge_hi)s::timestamptz[]) AS e(lo, hi))
-SELECT sensor_id, hour, mask, avg, min, max FROM p
-UNION ALL
-SELECT x.sensor_id, date_trunc('hour', x.bucket, 'UTC'),
-       bit_or(1::bigint << (extract(epoch FROM x.bucket - date_trunc('hour', x.bucket, 'UTC'))
-                            ::integer / 60)),
-       string_agg(json_number(round(x.avg * 1e4::float8) / 1e4::float8), ',' ORDER BY x.bucket),
-       string_agg(json_number(x.min), ',' ORDER BY x.bucket),
-       string_agg(json_number(x.max), ',' ORDER BY x.bucket)
-  FROM gaps g JOIN rollups_1m x ON x.sensor_id = g.id AND x.bucket >= g.lo AND x.bucket < g.hi
- GROUP BY 1, 2
+SELECT h.sensor_id, array_agg(extract(epoch FROM h.hour)::bigint ORDER BY h.hour) AS hours,
+       array_agg(h.mask ORDER BY h.hour) AS masks, string_agg(h.avg, ',' ORDER BY h.hour) AS avg,
+       string_agg(h.min, ',' ORDER BY h.hour) AS min, string_agg(h.max, ',' ORDER BY h.hour) AS max
+  FROM (SELECT sensor_id, hour, mask, avg, min, max FROM p
+        UNION ALL
+        SELECT x.sensor_id, date_trunc('hour', x.bucket, 'UTC'),
+               bit_or(1::bigint << (extract(epoch FROM x.bucket
+                                            - date_trunc('hour', x.bucket, 'UTC'))::integer / 60)),
+               string_agg(json_number(round(x.avg * 1e4::float8) / 1e4::float8), ','
+                          ORDER BY x.bucket),
+               string_agg(json_number(x.min), ',' ORDER BY x.bucket),
+               string_agg(json_number(x.max), ',' ORDER BY x.bucket)
+          FROM gaps g JOIN rollups_1m x
+            ON x.sensor_id = g.id AND x.bucket >= g.lo AND x.bucket < g.hi
+         GROUP BY 1, 2) h
+ GROUP BY h.sensor_id
 """
 
 
@@ -90,53 +96,73 @@ def _ceil_hour(t: datetime) -> datetime:
 
 
 @lru_cache(maxsize=4096)
-def _times(hour: datetime, mask: int) -> str:
-    """The JSON times (as orjson writes them) of the minutes of ``mask`` in ``hour``."""
-    stamp = hour.strftime("%Y-%m-%dT%H:")
+def _times(hour: int, mask: int) -> str:
+    """The JSON times (as orjson writes them) of the minutes of ``mask`` in ``hour`` (Unix)."""
+    stamp = datetime.fromtimestamp(hour, UTC).strftime("%Y-%m-%dT%H:")
     return ",".join(f'"{stamp}{i:02d}:00Z"' for i in range(60) if mask >> i & 1)
 
 
-def _spread(text: str, mask: int, union: int) -> str:
-    """The comma-joined values of ``mask``'s minutes placed on ``union``'s (null elsewhere)."""
-    values = iter(text.split(","))
-    return ",".join(next(values) if mask >> i & 1 else "null" for i in range(60) if union >> i & 1)
+def _spread(values: list[str], mask: int, union: int) -> str:
+    """``values`` of ``mask``'s minutes placed on ``union``'s (null elsewhere), comma-joined."""
+    each = iter(values)
+    return ",".join(next(each) if mask >> i & 1 else "null" for i in range(60) if union >> i & 1)
 
 
 Row = dict[str, Any]
+_STATS = ("avg", "min", "max")
 
 
 def assemble(sensor_ids: list[str], rows: list[Row]) -> tuple[orjson.Fragment, dict[str, Any]]:
     """(the time axis, {sensor id: {"avg", "min", "max": JSON arrays}}) from the rows of
-    :func:`packed_read`, hour by hour: every sensor's values of an hour are put on the
-    minutes any of them has (as is, in the usual case that all have the same minutes)."""
-    by_hour: dict[datetime, dict[str, Row]] = {}
-    known = set(sensor_ids)
-    for r in rows:
-        if r["sensor_id"] in known:
-            by_hour.setdefault(r["hour"], {})[r["sensor_id"]] = r
+    :func:`packed_read`. Every sensor's values of an hour go on the minutes any of them has:
+    as they are when all sensors have the same hours and minutes (the usual case), else hour
+    by hour."""
+    found = {r["sensor_id"]: r for r in rows if r["sensor_id"] in sensor_ids}
+    first = next(iter(found.values()), None)
+    if (
+        first is not None
+        and len(found) == len(sensor_ids)
+        and all(
+            r["hours"] == first["hours"] and r["masks"] == first["masks"] for r in found.values()
+        )
+    ):
+        axis = ",".join(map(_times, first["hours"], first["masks"]))
+        series = {s: {n: orjson.Fragment(f"[{r[n]}]") for n in _STATS} for s, r in found.items()}
+        return orjson.Fragment(f"[{axis}]"), series
+    return _by_hour(sensor_ids, found)
+
+
+def _by_hour(
+    sensor_ids: list[str], found: dict[str, Row]
+) -> tuple[orjson.Fragment, dict[str, Any]]:
+    """:func:`assemble` when the sensors' hours or minutes differ."""
+    cells: dict[int, dict[str, tuple[int, dict[str, list[str]]]]] = {}
+    for s, r in found.items():
+        values = {n: r[n].split(",") for n in _STATS}
+        at = 0
+        for hour, mask in zip(r["hours"], r["masks"], strict=True):
+            width = mask.bit_count()
+            cells.setdefault(hour, {})[s] = (
+                mask,
+                {n: v[at : at + width] for n, v in values.items()},
+            )
+            at += width
     axis: list[str] = []
-    parts: dict[str, dict[str, list[str]]] = {
-        s: {"avg": [], "min": [], "max": []} for s in sensor_ids
-    }
-    for hour in sorted(by_hour):
-        cells = by_hour[hour]
+    parts: dict[str, dict[str, list[str]]] = {s: {n: [] for n in _STATS} for s in sensor_ids}
+    for hour in sorted(cells):
         union = 0
-        for r in cells.values():
-            union |= r["mask"]
+        for mask, _ in cells[hour].values():
+            union |= mask
         axis.append(_times(hour, union))
-        same = len(cells) == len(sensor_ids) and all(r["mask"] == union for r in cells.values())
-        width = union.bit_count()
         for s in sensor_ids:
-            cell = cells.get(s)
-            for name, out in parts[s].items():
+            cell = cells[hour].get(s)
+            for n, out in parts[s].items():
                 if cell is None:
-                    out.append(",".join(["null"] * width))
-                elif same:
-                    out.append(cell[name])
+                    out.append(",".join(["null"] * union.bit_count()))
                 else:
-                    out.append(_spread(cell[name], cell["mask"], union))
+                    out.append(_spread(cell[1][n], cell[0], union))
     series = {
-        s: {name: orjson.Fragment(f"[{','.join(out)}]") for name, out in stats.items()}
+        s: {n: orjson.Fragment(f"[{','.join(out)}]") for n, out in stats.items()}
         for s, stats in parts.items()
     }
     return orjson.Fragment(f"[{','.join(axis)}]"), series

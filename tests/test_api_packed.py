@@ -85,11 +85,12 @@ def test_packed_and_unpacked_hours_answer_as_the_minutes_do(db_url: str) -> None
     store_readings(db_url, rows)
     assert pack_count(db_url, sensors, h0, h0 + timedelta(hours=5)) == 5 * 4 - 1
     op = bearer(token(db_url, "operator"))
-    windows = [  # edges inside hours, whole hours only, inside one hour, empty
+    windows = [  # edges inside hours, whole hours only, inside one hour, empty, all alike
         (h0 + timedelta(minutes=17, seconds=23), h0 + timedelta(hours=4, minutes=41)),
         (h0, h0 + timedelta(hours=5)),
         (h0 + timedelta(hours=2, minutes=5), h0 + timedelta(hours=2, minutes=50)),
         (h0 - timedelta(hours=3), h0),
+        (h0 + timedelta(minutes=10), h0 + timedelta(hours=2)),  # the same minutes missing
     ]
     with client(db_url) as c:
         packed = []
