@@ -328,7 +328,7 @@ async def _floor_series(
     head = {"building": building, "floor": floor, "metric": metric, "unit": UNITS[metric],
             "step": step, "start": start, "end": end}  # fmt: skip
     if step is Step.M1:
-        times, packed = assemble([s["id"] for s in sensors], found[2])
+        times, packed = assemble([s["id"] for s in sensors], found[2], start, end)
         return head, times, [_item(s) | packed[s["id"]] | {"energy_kwh": None} for s in sensors]
     if step in _NO_TZ:
         rows = found[2]

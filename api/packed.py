@@ -22,28 +22,29 @@ from typing import Any
 import orjson
 
 from api.auth import Read
-from api.common import array_literal
 
 _HOUR = timedelta(hours=1)
 
-# The packs of the whole hours [h0, h1) and, folded alike from rollups_1m, the minutes of
-# every (sensor, hour) without a visible pack and of the partial hours (``edges``: the
-# [lo, hi) ranges outside the whole hours); then one row per sensor: its hours (Unix time),
-# their masks, and its values of them all, in hour order. ``ids`` is SQL of a text array.
+# The packs of the hours [h0, h1) that the range touches and, folded alike from rollups_1m,
+# the minutes in the range of every (sensor, hour) without a pack the caller may read; then
+# one row per sensor: its hours (Unix time), their masks, and its values of them all, in hour
+# order. A pack of an hour at either end holds minutes outside the range: :func:`assemble`
+# drops them. ``ids`` is SQL of a text array of sensor ids. The plan is generic (see
+# api.auth.Read): its shape must not depend on the values, so the minutes are read by index
+# per gap, between bounds computed once (MATERIALIZED: an expression bound was only a
+# filter), in a LATERAL that OFFSET 0 keeps from becoming a join (which a generic plan,
+# guessing 1,000 hours, made a hash join over the whole of rollups_1m).
 _SQL = """
 WITH ids AS (SELECT unnest({ids}) AS id),
 p AS MATERIALIZED (
     SELECT k.sensor_id, k.hour, k.mask, k.avg, k.min, k.max FROM minute_packs k
      WHERE k.sensor_id = ANY (ARRAY(SELECT id FROM ids))
        AND k.hour >= %(h0)s AND k.hour < %(h1)s),
-gaps AS (
-    SELECT i.id, h AS lo, h + interval '1 hour' AS hi
+gaps AS MATERIALIZED (
+    SELECT i.id, greatest(h, %(start)s) AS lo, least(h + interval '1 hour', %(end)s) AS hi
       FROM ids i, generate_series(%(h0)s::timestamptz, %(h1)s::timestamptz - interval '1 hour',
                                   interval '1 hour') AS h
-     WHERE NOT EXISTS (SELECT 1 FROM p WHERE p.sensor_id = i.id AND p.hour = h)
-    UNION ALL
-    SELECT i.id, e.lo, e.hi
-      FROM ids i, unnest(%(edge_lo)s::timestamptz[], %(edge_hi)s::timestamptz[]) AS e(lo, hi))
+     WHERE NOT EXISTS (SELECT 1 FROM p WHERE p.sensor_id = i.id AND p.hour = h))
 SELECT h.sensor_id, array_agg(extract(epoch FROM h.hour)::bigint ORDER BY h.hour) AS hours,
        array_agg(h.mask ORDER BY h.hour) AS masks, string_agg(h.avg, ',' ORDER BY h.hour) AS avg,
        string_agg(h.min, ',' ORDER BY h.hour) AS min, string_agg(h.max, ',' ORDER BY h.hour) AS max
@@ -56,8 +57,8 @@ SELECT h.sensor_id, array_agg(extract(epoch FROM h.hour)::bigint ORDER BY h.hour
                           ORDER BY x.bucket),
                string_agg(json_number(x.min), ',' ORDER BY x.bucket),
                string_agg(json_number(x.max), ',' ORDER BY x.bucket)
-          FROM gaps g JOIN rollups_1m x
-            ON x.sensor_id = g.id AND x.bucket >= g.lo AND x.bucket < g.hi
+          FROM gaps g, LATERAL (SELECT * FROM rollups_1m x WHERE x.sensor_id = g.id
+                                   AND x.bucket >= g.lo AND x.bucket < g.hi OFFSET 0) x
          GROUP BY 1, 2) h
  GROUP BY h.sensor_id
 """
@@ -66,33 +67,52 @@ SELECT h.sensor_id, array_agg(extract(epoch FROM h.hour)::bigint ORDER BY h.hour
 def packed_read(ids: str, params: dict[str, Any]) -> Read:
     """The query of a floor's minutes in [``start``, ``end``) of ``params``; ``ids`` SQL of
     the sensors' ids (a text array), with what it binds in ``params``."""
-    start: datetime = params["start"]
-    end: datetime = params["end"]
-    h0 = _ceil_hour(start)
-    h1 = _floor_hour(end)
-    if h0 < h1:
-        edges = [(start, h0)] if start < h0 else []
-        edges += [(h1, end)] if h1 < end else []
-    else:  # no whole hour
-        h0 = h1 = start
-        edges = [(start, end)]
-    bounds = {
-        "h0": h0,
-        "h1": h1,
-        "edge_lo": array_literal(tuple(e[0] for e in edges)),
-        "edge_hi": array_literal(tuple(e[1] for e in edges)),
-    }
-    return Read(_SQL.format(ids=ids), params | bounds, binary=True, generic=True)
+    h0 = _floor_hour(params["start"])
+    h1 = _floor_hour(params["end"] - _TICK) + _HOUR
+    return Read(_SQL.format(ids=ids), params | {"h0": h0, "h1": h1}, binary=True, generic=True)
+
+
+_HOUR = timedelta(hours=1)
+_TICK = timedelta(microseconds=1)
 
 
 def _floor_hour(t: datetime) -> datetime:
-    t = t.astimezone(UTC)
-    return t.replace(minute=0, second=0, microsecond=0)
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _ceil_hour(t: datetime) -> datetime:
+def _minutes_before(t: datetime) -> tuple[int, int]:
+    """(the UTC hour of ``t`` in Unix time, how many of its minutes start before ``t``)."""
     hour = _floor_hour(t)
-    return hour if hour == t else hour + _HOUR
+    return int(hour.timestamp()), -(-(t - hour) // timedelta(minutes=1))
+
+
+_STATS = ("avg", "min", "max")
+Row = dict[str, Any]
+
+
+def _trim(row: Row, start: datetime, end: datetime) -> None:
+    """Drop the minutes of ``row`` (a row of :func:`packed_read`) outside [start, end): those
+    a pack of the first or last hour holds."""
+    hour, k = _minutes_before(start)
+    if k and row["hours"] and row["hours"][0] == hour:
+        _drop(row, 0, row["masks"][0] & ((1 << k) - 1))
+    hour, k = _minutes_before(end)
+    if k and row["hours"] and row["hours"][-1] == hour:
+        _drop(row, -1, row["masks"][-1] & ~((1 << k) - 1))
+
+
+def _drop(row: Row, at: int, bits: int) -> None:
+    """Drop the minutes ``bits`` of the first (``at`` 0) or last (-1) hour of ``row``."""
+    n = bits.bit_count()
+    if not n:
+        return
+    for name in _STATS:
+        text: str = row[name]
+        parts = text.split(",", n) if at == 0 else text.rsplit(",", n)
+        row[name] = (parts[n] if at == 0 else parts[0]) if len(parts) > n else ""
+    row["masks"][at] &= ~bits
+    if not row["masks"][at]:
+        del row["hours"][at], row["masks"][at]
 
 
 @lru_cache(maxsize=4096)
@@ -108,16 +128,19 @@ def _spread(values: list[str], mask: int, union: int) -> str:
     return ",".join(next(each) if mask >> i & 1 else "null" for i in range(60) if union >> i & 1)
 
 
-Row = dict[str, Any]
-_STATS = ("avg", "min", "max")
-
-
-def assemble(sensor_ids: list[str], rows: list[Row]) -> tuple[orjson.Fragment, dict[str, Any]]:
+def assemble(
+    sensor_ids: list[str], rows: list[Row], start: datetime, end: datetime
+) -> tuple[orjson.Fragment, dict[str, Any]]:
     """(the time axis, {sensor id: {"avg", "min", "max": JSON arrays}}) from the rows of
-    :func:`packed_read`. Every sensor's values of an hour go on the minutes any of them has:
-    as they are when all sensors have the same hours and minutes (the usual case), else hour
-    by hour."""
-    found = {r["sensor_id"]: r for r in rows if r["sensor_id"] in sensor_ids}
+    :func:`packed_read` for [start, end). Every sensor's values of an hour go on the minutes
+    any of them has: as they are when all sensors have the same hours and minutes (the usual
+    case), else hour by hour."""
+    found = {}
+    for r in rows:
+        if r["sensor_id"] in sensor_ids:
+            _trim(r, start, end)
+            if r["hours"]:
+                found[r["sensor_id"]] = r
     first = next(iter(found.values()), None)
     if (
         first is not None
