@@ -273,15 +273,23 @@ def main(argv: list[str] | None = None) -> int:
             if not keep:
                 with psycopg.connect(base_url, autocommit=True) as conn:
                     conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    result = _combine(args, results, seeded, load_before)
+    result = _combine(args, results, seeded, load_before) | {"database_via": via(base_url)}
     _print(result, phases)
     print(
         f"load average (1 min) before/after: {result['loadavg_1m']} on {os.cpu_count()} CPUs;"
-        f" schema {schema}{' kept' if keep else ' dropped'}"
+        f" database over {result['database_via']}; schema {schema}{' kept' if keep else ' dropped'}"
     )
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def via(url: str) -> str:
+    """How the API reaches the database: ``tcp`` or ``unix socket`` (a host that is a
+    directory, or none). Loopback TCP costs about 0.3 ms of CPU per request on each side
+    more than the socket (docs/api.md, "Results")."""
+    host = conninfo_to_dict(url).get("host") or ""
+    return "tcp" if host and not str(host).startswith("/") else "unix socket"
 
 
 def _schema_size(url: str, schema: str) -> str | None:

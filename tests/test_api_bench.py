@@ -77,3 +77,12 @@ def test_reusing_a_schema_that_is_not_there_says_where_it_looked(
     with psycopg.connect(pg_server_url) as conn:
         made = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'bench_00000000'")
         assert made.fetchone() is None  # nothing was created by the refused run
+
+
+def test_the_bench_names_how_the_api_reaches_the_database() -> None:
+    from api.bench import via
+
+    assert via("postgresql://postgres@127.0.0.1:5432/test") == "tcp"
+    assert via("host=db.example port=5432 dbname=x") == "tcp"
+    assert via("postgresql://postgres@/test?host=/var/run/postgresql") == "unix socket"
+    assert via("dbname=test") == "unix socket"
