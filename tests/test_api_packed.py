@@ -222,3 +222,29 @@ def test_the_generic_plan_reads_the_minutes_by_index(db_url: str) -> None:
         plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN EXECUTE q({args})").fetchall())
     assert "Index Cond: ((sensor_id = g.id) AND (bucket >= g.lo) AND (bucket < g.hi))" in plan
     assert "Seq Scan on rollups_1m" not in plan and "Hash Join" not in plan, plan
+
+
+def test_a_backlog_of_hours_is_packed_over_several_refreshes(db_url: str) -> None:
+    apply(db_url, ref_tower(REF_TOWER))
+    now_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    h0 = now_hour - timedelta(hours=12)
+    with psycopg.connect(db_url) as conn:
+        kinds = "SELECT id FROM sensors WHERE kind IN ('load', 'power', 'temperature')"
+        packed = [r[0] for r in conn.execute(kinds).fetchall()]
+    hours = [h0 + timedelta(hours=h) for h in range(12)]
+    store_readings(db_url, [(s, h, 1.0) for s in packed for h in hours])
+    total = len(packed) * len(hours)
+    assert total > 1000
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM minute_packs").fetchone() == (total,)
+        conn.execute("DELETE FROM minute_packs")  # as if the refresher had been stopped
+        conn.execute("UPDATE minute_pack_state SET swept_to = %s", (h0,))
+        counts = []
+        for _ in range(-(-total // 1000) + 1):
+            conn.execute("SELECT refresh_rollups(1000)")
+            row = conn.execute("SELECT count(*) FROM minute_packs").fetchone()
+            assert row is not None
+            counts.append(row[0])
+    # the sweep queues every such sensor's closed hours; a refresh packs 1,000 of them
+    assert 0 < counts[0] <= 1000 and counts[1] <= 2000
+    assert counts[-1] == total

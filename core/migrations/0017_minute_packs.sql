@@ -95,7 +95,7 @@ LANGUAGE sql AS $$
 $$;
 
 -- Each refresh: sweep the hours closed since the last sweep into the pending set (every
--- sensor that may have packs), then pack the pending hours that are closed.
+-- sensor that may have packs), then pack pending hours that are closed.
 CREATE OR REPLACE FUNCTION pack_due_hours() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -116,8 +116,12 @@ BEGIN
         ON CONFLICT DO NOTHING;
         UPDATE minute_pack_state SET swept_to = now_hour;
     END IF;
+    -- at most 1,000 hours a refresh (60,000 minutes): a large building's top of the hour, or
+    -- a backlog, is packed over a few refreshes instead of stalling one; meanwhile the API
+    -- reads those hours' minutes
     SELECT array_agg(sensor_id), array_agg(hour) INTO pairs_s, pairs_h
-      FROM minute_pack_pending WHERE hour < now_hour;
+      FROM (SELECT sensor_id, hour FROM minute_pack_pending WHERE hour < now_hour
+             LIMIT 1000) due;
     IF pairs_s IS NULL THEN
         RETURN 0;
     END IF;
