@@ -29,6 +29,7 @@ async def _check_role(conn: Connection) -> None:
     )
     row = await cur.fetchone()
     await conn.execute("SET TIME ZONE 'UTC'")  # times leave the database as ...+00:00
+    await conn.execute("SET extra_float_digits = 1")  # JSON text of floats (migration 0017)
     await conn.commit()
     if row is None or row["rolsuper"] or row["rolbypassrls"]:
         name = row["name"] if row else "?"

@@ -82,7 +82,7 @@ def seed(db_url: str) -> dict[str, list[int]]:
         for t in ("a", "b")
         for k in ("p", "l")
         for i in range(N)
-        for m in (1, 2)
+        for m in (1, 2, 120)  # two minutes ago, and one in a closed hour (packed: 0017)
     ]
     store_readings(db_url, rows)
     alerts: dict[str, list[int]] = {"a": [], "b": []}
@@ -145,6 +145,8 @@ def test_no_tenant_set_means_no_tenant_rows(db_url: str) -> None:
         # A tenant id alone (without its building) matches nothing.
         conn.execute("SELECT set_config('app.tenant_id', 'a', true)")
         assert conn.execute("SELECT count(*) FROM sensors").fetchone() == (0,)
+    with psycopg.connect(db_url) as conn:  # as the owner: there are rows to hide
+        assert conn.execute("SELECT count(*) FROM minute_packs").fetchone() == (2 * 2 * N,)
 
 
 def _foreign_requests(b_alerts: list[int]) -> list[tuple[str, str, dict[str, object] | None]]:

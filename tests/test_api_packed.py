@@ -83,9 +83,12 @@ def test_packed_and_unpacked_hours_answer_as_the_minutes_do(db_url: str) -> None
                 continue
             if z == 4 and 180 <= m < 240:  # z4 misses the fourth hour whole
                 continue
-            rows.append((sensor, at + timedelta(seconds=5), 100.0 * z + m / 10))
+            value = 100.0 * z + m / 10
+            if z == 3:  # signs and exponents: 1.5e-12 .. 1.5e12 (avg rounds the small to 0)
+                value = (-1) ** m * 1.5 * 10.0 ** (m % 25 - 12)
+            rows.append((sensor, at + timedelta(seconds=5), value))
             if m % 7 == 0:  # two readings in the minute: min < avg < max
-                rows.append((sensor, at + timedelta(seconds=35), 100.0 * z + m / 10 + 0.3))
+                rows.append((sensor, at + timedelta(seconds=35), value + 0.3))
     store_readings(db_url, rows)
     assert pack_count(db_url, sensors, h0, h0 + timedelta(hours=5)) == 5 * 4 - 1
     op = bearer(token(db_url, "operator"))
@@ -248,3 +251,32 @@ def test_a_backlog_of_hours_is_packed_over_several_refreshes(db_url: str) -> Non
     # the sweep queues every such sensor's closed hours; a refresh packs 1,000 of them
     assert 0 < counts[0] <= 1000 and counts[1] <= 2000
     assert counts[-1] == total
+
+
+def test_late_minutes_are_read_even_while_a_backlog_waits_to_be_packed(db_url: str) -> None:
+    # A late minute deletes its hour's pack when it is merged, so a backlog longer than one
+    # refresh packs (1,000 hours) never leaves an old pack to be read.
+    apply(db_url, ref_tower(REF_TOWER))
+    now_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    h0 = now_hour - timedelta(hours=12)
+    with psycopg.connect(db_url) as conn:
+        kinds = "SELECT id FROM sensors WHERE kind IN ('load', 'power', 'temperature')"
+        packed = [r[0] for r in conn.execute(kinds).fetchall()]
+    hours = [h0 + timedelta(hours=h) for h in range(12)]
+    store_readings(db_url, [(s, h, 1.0) for s in packed for h in hours])
+    late = h0 + timedelta(minutes=30)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE minute_pack_state SET swept_to = %s", (h0,))  # a backlog to sweep
+        conn.execute(
+            "INSERT INTO rollup_pending VALUES (%s, %s, 1, 7.0, 7.0, 7.0, %s, 7.0)",
+            ("ref-f03-load-z2", late, late),
+        )
+        conn.execute("SELECT refresh_rollups(1000)")
+        left = conn.execute("SELECT count(*) FROM minute_pack_pending").fetchone()
+        assert left is not None and left[0] > 0  # the oldest hours wait for a later refresh
+    op = bearer(token(db_url, "operator"))
+    window = f"&from={iso(h0)}&to={iso(h0 + timedelta(hours=2))}"
+    with client(db_url) as c:
+        body = check_against_readings(c, op, 3, window)
+    z2 = {s["sensor"]: s for s in body["series"]}["ref-f03-load-z2"]
+    assert points(z2, body["t"])[iso(late)] == (7.0, 7.0, 7.0)

@@ -11,9 +11,10 @@
 --
 -- A pack, where there is one, equals what ``rollups_1m`` holds for its hour; readers treat an
 -- hour without a pack as unpacked and read the minutes. That is kept by:
---   * refresh_rollups: minutes it merges into an hour already closed put that hour in
---     minute_pack_pending; pack_due_hours (each refresh) packs the pending closed hours, and
---     when an hour closes, every such sensor's hour (the sweep, from minute_pack_state);
+--   * refresh_rollups: minutes it merges into an hour already closed delete that hour's pack
+--     and put the hour in minute_pack_pending, in the same transaction; pack_due_hours (each
+--     refresh) packs pending closed hours, and when an hour closes, every such sensor's hour
+--     (the sweep, from minute_pack_state);
 --   * pack_hours(sensors, from, to), for whoever writes rollups_1m by other means (the demo
 --     seed and the bench seed call it).
 -- Energy rollups (refresh_energy updates their kWh) are never packed.
@@ -21,6 +22,10 @@
 -- Row-level security: a tenant reads a pack only if the whole hour lies inside its windows on
 -- the sensor (the same windows as for rollups_1m); an hour it may read only in part is read
 -- from rollups_1m, minute by minute, under that table's policy.
+
+-- No refresh runs meanwhile (its lock): one started on the old refresh_rollups would merge
+-- minutes into hours packed below without queuing them.
+SELECT pg_advisory_xact_lock(1431326546, 1);
 
 CREATE TABLE minute_packs (
     sensor_id  text NOT NULL,
@@ -44,18 +49,24 @@ CREATE TABLE minute_pack_state (
     swept_to   timestamptz NOT NULL
 );
 
+-- (STABLE: the text of a float depends on extra_float_digits, 1 in the packing functions and
+-- in the API's sessions: the shortest text that reads back as the same double.)
 CREATE OR REPLACE FUNCTION json_number(x double precision) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN x IS NULL OR x = 'NaN' OR x = 'Infinity' OR x = '-Infinity' THEN 'null'
                 ELSE x::text END
 $$;
 
--- Pack (again) the hours of these sensors; the pending rows of those hours are done.
+-- Pack (again) the hours of these sensors; the pending rows of those hours are done. An
+-- hour without minutes is left without a pack.
 CREATE OR REPLACE FUNCTION pack_pairs(sensor_ids text[], hours timestamptz[]) RETURNS integer
 LANGUAGE plpgsql SET extra_float_digits = 1 AS $$
 DECLARE
     packed integer;
 BEGIN
+    DELETE FROM minute_packs k
+     USING unnest(sensor_ids, hours) AS d(sensor_id, hour)
+     WHERE k.sensor_id = d.sensor_id AND k.hour = d.hour;
     WITH due AS (
         SELECT DISTINCT d.sensor_id, d.hour
           FROM unnest(sensor_ids, hours) AS d(sensor_id, hour)
@@ -116,12 +127,12 @@ BEGIN
         ON CONFLICT DO NOTHING;
         UPDATE minute_pack_state SET swept_to = now_hour;
     END IF;
-    -- at most 1,000 hours a refresh (60,000 minutes): a large building's top of the hour, or
-    -- a backlog, is packed over a few refreshes instead of stalling one; meanwhile the API
-    -- reads those hours' minutes
+    -- at most 1,000 hours a refresh (60,000 minutes), the newest first: a large building's
+    -- top of the hour, or a backlog, is packed over a few refreshes instead of stalling one;
+    -- meanwhile the API reads those hours' minutes (a queued hour has no pack: see below)
     SELECT array_agg(sensor_id), array_agg(hour) INTO pairs_s, pairs_h
       FROM (SELECT sensor_id, hour FROM minute_pack_pending WHERE hour < now_hour
-             LIMIT 1000) due;
+             ORDER BY hour DESC LIMIT 1000) due;
     IF pairs_s IS NULL THEN
         RETURN 0;
     END IF;
@@ -196,11 +207,15 @@ BEGIN
         ON CONFLICT (sensor_id) DO UPDATE
            SET ts = excluded.ts, value = excluded.value, received_at = excluded.received_at
          WHERE excluded.ts > l.ts
-    ), packs AS (  -- minutes of hours already closed: pack those hours again (0017)
-        INSERT INTO minute_pack_pending (sensor_id, hour)
-        SELECT DISTINCT sensor_id, date_trunc('hour', bucket, 'UTC') FROM part
+    ), closed AS (  -- minutes of hours already closed: pack those hours again (0017) ...
+        SELECT DISTINCT sensor_id, date_trunc('hour', bucket, 'UTC') AS hour FROM part
          WHERE bucket < date_trunc('hour', now(), 'UTC')
+    ), packs AS (
+        INSERT INTO minute_pack_pending (sensor_id, hour) SELECT sensor_id, hour FROM closed
         ON CONFLICT DO NOTHING
+    ), stale AS (  -- ... and until then, no pack of theirs is read: the minutes are
+        DELETE FROM minute_packs k USING closed c
+         WHERE k.sensor_id = c.sensor_id AND k.hour = c.hour
     ), energy AS (
         SELECT p.sensor_id, p.bucket FROM part p JOIN sensors s ON s.id = p.sensor_id
          WHERE s.kind = 'energy'
