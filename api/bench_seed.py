@@ -121,8 +121,7 @@ def seed(
                 for row in _hour_rows(building, older, hours):
                     cp.write_row(row)
         conn.execute(  # the closed hours of the last 14 days packed, as the refresh does
-            "SELECT pack_hours(ARRAY(SELECT id FROM sensors WHERE kind IN"
-            " ('load', 'power', 'temperature')), %s, %s)",
+            "SELECT pack_hours(pack_sensor_ids(), %s, %s)",
             (now - timedelta(days=14), now),
         )
         conn.execute("ANALYZE")  # plan the backfill with statistics of what was written

@@ -3,10 +3,11 @@
 A pack is one sensor's closed UTC hour of 1-minute rollups: a mask of the minutes present and
 their avg, min and max as JSON numbers joined by commas. A day of a floor by minute is then
 about 100 rows, and their text goes into the answer as it is (``orjson.Fragment``): nothing is
-decoded or encoded number by number. The partial hours at either end of the range, and the
-whole hours without a pack the caller may read (not packed yet, or leased to the caller for
-part of the hour only), are read from ``rollups_1m`` and folded into the same shape by the
-same SQL, so one assembly serves both.
+decoded or encoded number by number. The hours at either end come from their packs too, the
+minutes outside the range dropped here; the open hour and the hours without a pack the caller
+may read (not packed yet, or leased to the caller for part of the hour only) are read from
+``rollups_1m`` and folded into the same shape with the migration's own rules (``minute_bit``,
+``json_avg``, ``json_number``), so one assembly serves both.
 
 The answer is the one :mod:`api.history` gives from ``rollups_1m`` (``tests/test_api_packed.py``
 compares them): one time axis of the minutes where any sensor has data, each series null
@@ -22,8 +23,6 @@ from typing import Any
 import orjson
 
 from api.auth import Read
-
-_HOUR = timedelta(hours=1)
 
 # The packs of the hours [h0, h1) that the range touches and, folded alike from rollups_1m,
 # the minutes in the range of every (sensor, hour) without a pack the caller may read; then
@@ -50,11 +49,8 @@ SELECT h.sensor_id, array_agg(extract(epoch FROM h.hour)::bigint ORDER BY h.hour
        string_agg(h.min, ',' ORDER BY h.hour) AS min, string_agg(h.max, ',' ORDER BY h.hour) AS max
   FROM (SELECT sensor_id, hour, mask, avg, min, max FROM p
         UNION ALL
-        SELECT x.sensor_id, date_trunc('hour', x.bucket, 'UTC'),
-               bit_or(1::bigint << (extract(epoch FROM x.bucket
-                                            - date_trunc('hour', x.bucket, 'UTC'))::integer / 60)),
-               string_agg(json_number(round(x.avg * 1e4::float8) / 1e4::float8), ','
-                          ORDER BY x.bucket),
+        SELECT x.sensor_id, date_trunc('hour', x.bucket, 'UTC'), bit_or(minute_bit(x.bucket)),
+               string_agg(json_avg(x.avg), ',' ORDER BY x.bucket),
                string_agg(json_number(x.min), ',' ORDER BY x.bucket),
                string_agg(json_number(x.max), ',' ORDER BY x.bucket)
           FROM gaps g, LATERAL (SELECT * FROM rollups_1m x WHERE x.sensor_id = g.id

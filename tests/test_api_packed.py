@@ -227,16 +227,20 @@ def test_the_generic_plan_reads_the_minutes_by_index(db_url: str) -> None:
     assert "Seq Scan on rollups_1m" not in plan and "Hash Join" not in plan, plan
 
 
-def test_a_backlog_of_hours_is_packed_over_several_refreshes(db_url: str) -> None:
+def twelve_packed_hours(db_url: str) -> tuple[datetime, int]:
+    """The reference tower with a reading in each of the last 12 closed hours for every sensor
+    that has packs: (the first hour, how many packs that makes)."""
     apply(db_url, ref_tower(REF_TOWER))
-    now_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    h0 = now_hour - timedelta(hours=12)
+    h0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=12)
     with psycopg.connect(db_url) as conn:
-        kinds = "SELECT id FROM sensors WHERE kind IN ('load', 'power', 'temperature')"
-        packed = [r[0] for r in conn.execute(kinds).fetchall()]
+        packed = [r[0] for r in conn.execute("SELECT unnest(pack_sensor_ids())").fetchall()]
     hours = [h0 + timedelta(hours=h) for h in range(12)]
     store_readings(db_url, [(s, h, 1.0) for s in packed for h in hours])
-    total = len(packed) * len(hours)
+    return h0, len(packed) * len(hours)
+
+
+def test_a_backlog_of_hours_is_packed_over_several_refreshes(db_url: str) -> None:
+    h0, total = twelve_packed_hours(db_url)
     assert total > 1000
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM minute_packs").fetchone() == (total,)
@@ -256,14 +260,7 @@ def test_a_backlog_of_hours_is_packed_over_several_refreshes(db_url: str) -> Non
 def test_late_minutes_are_read_even_while_a_backlog_waits_to_be_packed(db_url: str) -> None:
     # A late minute deletes its hour's pack when it is merged, so a backlog longer than one
     # refresh packs (1,000 hours) never leaves an old pack to be read.
-    apply(db_url, ref_tower(REF_TOWER))
-    now_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    h0 = now_hour - timedelta(hours=12)
-    with psycopg.connect(db_url) as conn:
-        kinds = "SELECT id FROM sensors WHERE kind IN ('load', 'power', 'temperature')"
-        packed = [r[0] for r in conn.execute(kinds).fetchall()]
-    hours = [h0 + timedelta(hours=h) for h in range(12)]
-    store_readings(db_url, [(s, h, 1.0) for s in packed for h in hours])
+    h0, _ = twelve_packed_hours(db_url)
     late = h0 + timedelta(minutes=30)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("UPDATE minute_pack_state SET swept_to = %s", (h0,))  # a backlog to sweep

@@ -7,7 +7,7 @@
 -- A pack holds the minutes present (``mask``: bit i for minute i of the hour) and, in minute
 -- order, their avg (rounded to 4 decimals, as the API serves it), min and max as JSON numbers
 -- joined by commas (a value that is not a finite number is written null). Only load, power
--- and temperature sensors have packs (what a floor's history shows).
+-- and temperature sensors have packs (pack_sensor_ids(): what a floor's history shows).
 --
 -- A pack, where there is one, equals what ``rollups_1m`` holds for its hour; readers treat an
 -- hour without a pack as unpacked and read the minutes. That is kept by:
@@ -57,6 +57,24 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                 ELSE x::text END
 $$;
 
+-- The sensors that have packs: what a floor's history shows.
+CREATE OR REPLACE FUNCTION pack_sensor_ids() RETURNS text[] LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(id), '{}') FROM sensors
+     WHERE kind IN ('load', 'power', 'temperature')
+$$;
+
+-- What a pack holds of a minute (and the API folds alike from minutes, api/packed.py): the
+-- minute's bit in its UTC hour's mask, and the avg as served (4 decimals) as JSON text.
+CREATE OR REPLACE FUNCTION minute_bit(bucket timestamptz) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT 1::bigint << (extract(epoch FROM bucket - date_trunc('hour', bucket, 'UTC'))::integer
+                         / 60)
+$$;
+CREATE OR REPLACE FUNCTION json_avg(x double precision) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT json_number(round(x * 1e4::float8) / 1e4::float8)
+$$;
+
 -- Pack (again) the hours of these sensors; the pending rows of those hours are done. An
 -- hour without minutes is left without a pack.
 CREATE OR REPLACE FUNCTION pack_pairs(sensor_ids text[], hours timestamptz[]) RETURNS integer
@@ -70,13 +88,11 @@ BEGIN
     WITH due AS (
         SELECT DISTINCT d.sensor_id, d.hour
           FROM unnest(sensor_ids, hours) AS d(sensor_id, hour)
-          JOIN sensors s ON s.id = d.sensor_id AND s.kind IN ('load', 'power', 'temperature')
+         WHERE d.sensor_id = ANY (pack_sensor_ids())
     ), made AS (
         INSERT INTO minute_packs AS p (sensor_id, hour, mask, avg, min, max)
-        SELECT d.sensor_id, d.hour,
-               bit_or(1::bigint << (extract(epoch FROM r.bucket - d.hour)::integer / 60)),
-               string_agg(json_number(round(r.avg * 1e4::float8) / 1e4::float8), ','
-                          ORDER BY r.bucket),
+        SELECT d.sensor_id, d.hour, bit_or(minute_bit(r.bucket)),
+               string_agg(json_avg(r.avg), ',' ORDER BY r.bucket),
                string_agg(json_number(r.min), ',' ORDER BY r.bucket),
                string_agg(json_number(r.max), ',' ORDER BY r.bucket)
           FROM due d JOIN rollups_1m r ON r.sensor_id = d.sensor_id
@@ -120,10 +136,9 @@ BEGIN
         INSERT INTO minute_pack_state (swept_to) VALUES (now_hour);
     ELSIF swept < now_hour THEN  -- (after a long stop, the last 14 days: what is read by minute)
         INSERT INTO minute_pack_pending (sensor_id, hour)
-        SELECT s.id, h FROM sensors s,
+        SELECT s, h FROM unnest(pack_sensor_ids()) AS s,
                generate_series(greatest(swept, now_hour - interval '14 days'),
                                now_hour - interval '1 hour', interval '1 hour') AS h
-         WHERE s.kind IN ('load', 'power', 'temperature')
         ON CONFLICT DO NOTHING;
         UPDATE minute_pack_state SET swept_to = now_hour;
     END IF;
@@ -245,8 +260,8 @@ GRANT SELECT ON minute_packs TO upstairs_api;
 
 -- The closed hours of the last 14 days (the longest range served by minute), then the sweep
 -- starts from this hour.
-SELECT pack_hours(ARRAY(SELECT id FROM sensors WHERE kind IN ('load', 'power', 'temperature')),
-                  date_trunc('hour', now(), 'UTC') - interval '14 days', now());
+SELECT pack_hours(pack_sensor_ids(), date_trunc('hour', now(), 'UTC') - interval '14 days',
+                  now());
 INSERT INTO minute_pack_state (swept_to) VALUES (date_trunc('hour', now(), 'UTC'));
 
 -- The API's reads are short; a misestimated plan (generate_series is guessed at 1,000 rows)
