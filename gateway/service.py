@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import hashlib
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +34,10 @@ from gateway.settings import GatewaySettings
 from gateway.uplink import Topics, Uplink
 
 logger = logging.getLogger(__name__)
+
+#: A clean stop takes at most ``STOP_WAIT_S`` + 2 s (the offline status) + 3 s (the
+#: disconnect) in the uplink; past this, :func:`_stop_deadline` ends the process.
+STOP_DEADLINE_S = 15.0
 
 
 class Gateway:
@@ -124,6 +131,29 @@ class Gateway:
             logger.info("gateway %s stopped", self.source)
 
 
+def _stop_deadline(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    """A stop that does not end within ``seconds`` is a bug: log where every task (and, if
+    the loop itself is stuck, every thread) waits, and exit with status 3 rather than hang a
+    supervisor that waits for us. What was committed to the queue is on disk either way."""
+
+    def stuck() -> None:
+        logger.error("the gateway did not stop within %g s; its tasks:", seconds)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(3)
+
+    def loop_stuck() -> None:
+        logger.error("the gateway's event loop did not stop within %g s", seconds + 5)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(3)
+
+    loop.call_later(seconds, stuck)
+    watchdog = threading.Timer(seconds + 5, loop_stuck)
+    watchdog.daemon = True
+    watchdog.start()
+
+
 def _client_id(building: str, floor: int, prefix: str) -> str:
     tag = f"-{hashlib.sha1(prefix.encode()).hexdigest()[:8]}" if prefix else ""
     return f"upstairs-gw-{building}-{floor}{tag}"
@@ -163,8 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         async def run() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
+
+            def on_signal() -> None:
+                if not stop.is_set():
+                    stop.set()
+                    _stop_deadline(loop, STOP_DEADLINE_S)
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
             await run_gateway(building, args.floor, settings, stop=stop)
 
         asyncio.run(run())

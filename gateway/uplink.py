@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a clean stop waits for the live publishes in flight (their PUBACKs).
 STOP_WAIT_S = 2.0
+#: How long the end of a session waits for the broker to close the connection after our
+#: DISCONNECT (aiomqtt alone would wait without a limit, and hold up the gateway's stop).
+DISCONNECT_WAIT_S = 3.0
 
 
 @dataclass
@@ -168,28 +171,35 @@ class Uplink:
         )
 
     async def _connect_and_serve(self) -> None:
-        async with self._client() as client:
-            client.pending_calls_threshold = 10 * (self.replay_window + 10)
-            backlog_end = self.queue.last_id()
-            async with asyncio.TaskGroup() as tg:
-                session = _Session(client, backlog_end, tg)
-                session.replay_slots = asyncio.Semaphore(self.replay_window)
-                await client.publish(
-                    self.topics.status, birth(self.source, self.faults.current), qos=1, retain=True
-                )
-                self._session = session
-                self.stats.sessions += 1
-                self.connected.set()
-                logger.info(
-                    "connected to %s:%d as %s; backlog %d readings",
-                    self.address.host,
-                    self.address.port,
-                    self.client_id,
-                    self.queue.count,
-                )
-                tg.create_task(self._watch(client), name="mqtt-watch")
-                tg.create_task(self._replay(session), name="mqtt-replay")
-                tg.create_task(self._status(session), name="mqtt-status")
+        client = self._client()
+        await client.__aenter__()
+        try:
+            await self._serve(client)
+        finally:
+            await _disconnect(client)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        client.pending_calls_threshold = 10 * (self.replay_window + 10)
+        backlog_end = self.queue.last_id()
+        async with asyncio.TaskGroup() as tg:
+            session = _Session(client, backlog_end, tg)
+            session.replay_slots = asyncio.Semaphore(self.replay_window)
+            await client.publish(
+                self.topics.status, birth(self.source, self.faults.current), qos=1, retain=True
+            )
+            self._session = session
+            self.stats.sessions += 1
+            self.connected.set()
+            logger.info(
+                "connected to %s:%d as %s; backlog %d readings",
+                self.address.host,
+                self.address.port,
+                self.client_id,
+                self.queue.count,
+            )
+            tg.create_task(self._watch(client), name="mqtt-watch")
+            tg.create_task(self._replay(session), name="mqtt-replay")
+            tg.create_task(self._status(session), name="mqtt-status")
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:
@@ -254,3 +264,14 @@ class Uplink:
                     self.topics.status, birth(self.source, self.faults.current), qos=1, retain=True
                 )
             await asyncio.sleep(self.status_interval_s)
+
+
+async def _disconnect(client: aiomqtt.Client) -> None:
+    """End a session's connection: DISCONNECT, then at most ``DISCONNECT_WAIT_S`` for the
+    broker to close it. Whatever is unacknowledged is still in the queue."""
+    try:
+        await asyncio.wait_for(client.__aexit__(None, None, None), DISCONNECT_WAIT_S)
+    except TimeoutError:
+        logger.warning("the broker did not close the connection in %.0f s", DISCONNECT_WAIT_S)
+    except aiomqtt.MqttError as exc:
+        logger.info("disconnect: %s", exc)

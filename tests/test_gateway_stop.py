@@ -1,0 +1,88 @@
+"""A gateway's stop is bounded: a broker that stops reading (a half-dead link, a stuck
+proxy) cannot hold the end of the session, and so the gateway's exit, for longer than
+``DISCONNECT_WAIT_S``: our DISCONNECT cannot be written, and aiomqtt alone would wait for it
+as long as the client's timeout (30 s for the gateway's default keepalive)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from gateway import uplink
+from gateway.uplink import _disconnect
+
+ROOT = Path(__file__).resolve().parent.parent
+CONNACK = bytes([0x20, 0x02, 0x00, 0x00])
+
+
+async def test_disconnect_from_a_broker_that_stopped_reading_ends_in_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hold = asyncio.Event()
+
+    async def stuck_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Accepts the CONNECT, then reads nothing more and never closes (until the end)."""
+        await reader.read(1024)
+        writer.write(CONNACK)
+        await writer.drain()
+        await hold.wait()
+        writer.close()
+
+    server = await asyncio.start_server(stuck_broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(uplink, "DISCONNECT_WAIT_S", 1.0)
+    client = aiomqtt.Client("127.0.0.1", port, identifier="t-stop", keepalive=60, timeout=60)
+    await client.__aenter__()
+    written = 0
+    for _ in range(1000):  # until the socket buffers are full (a QoS 0 publish then waits)
+        try:
+            await client.publish("t-stop/x", b"x" * 128 * 1024, qos=0, timeout=0.5)
+        except aiomqtt.MqttError:
+            break
+        written += 1
+    assert written < 1000
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(_disconnect(client), 20)  # aiomqtt's own exit: 60 s
+    finally:
+        hold.set()
+        server.close()
+    took = time.monotonic() - started
+    assert 0.9 <= took < 3
+    assert "did not close the connection" in caplog.text
+
+
+def test_a_stop_that_does_not_end_exits_with_the_stacks_of_its_tasks() -> None:
+    script = """
+import asyncio, logging
+from gateway.service import _stop_deadline
+
+async def stuck_somewhere() -> None:
+    await asyncio.Event().wait()
+
+async def main() -> None:
+    _stop_deadline(asyncio.get_running_loop(), 0.5)
+    await asyncio.create_task(stuck_somewhere())
+
+logging.basicConfig()
+asyncio.run(main())
+"""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert done.returncode == 3
+    assert time.monotonic() - started < 10
+    assert "the gateway did not stop within 0.5 s" in done.stderr
+    assert "stuck_somewhere" in done.stderr
