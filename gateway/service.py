@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -131,10 +132,11 @@ class Gateway:
             logger.info("gateway %s stopped", self.source)
 
 
-def _stop_deadline(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+def _stop_deadline(loop: asyncio.AbstractEventLoop, seconds: float) -> Callable[[], None]:
     """A stop that does not end within ``seconds`` is a bug: log where every task (and, if
-    the loop itself is stuck, every thread) waits, and exit with status 3 rather than hang a
-    supervisor that waits for us. What was committed to the queue is on disk either way."""
+    the loop itself is stuck, every thread) waits, and exit with status 3 rather than hang
+    whoever waits for us. What was committed to the queue is on disk either way (SQLite, its
+    commits in the WAL). Returns what cancels the deadline, for a stop that ended in time."""
 
     def stuck() -> None:
         logger.error("the gateway did not stop within %g s; its tasks:", seconds)
@@ -148,10 +150,16 @@ def _stop_deadline(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         faulthandler.dump_traceback(all_threads=True)
         os._exit(3)
 
-    loop.call_later(seconds, stuck)
+    handle = loop.call_later(seconds, stuck)
     watchdog = threading.Timer(seconds + 5, loop_stuck)
     watchdog.daemon = True
     watchdog.start()
+
+    def cancel() -> None:
+        handle.cancel()
+        watchdog.cancel()
+
+    return cancel
 
 
 def _client_id(building: str, floor: int, prefix: str) -> str:
@@ -194,14 +202,20 @@ def main(argv: list[str] | None = None) -> int:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
 
+            deadlines: list[Callable[[], None]] = []
+
             def on_signal() -> None:
                 if not stop.is_set():
                     stop.set()
-                    _stop_deadline(loop, STOP_DEADLINE_S)
+                    deadlines.append(_stop_deadline(loop, STOP_DEADLINE_S))
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal)
-            await run_gateway(building, args.floor, settings, stop=stop)
+            try:
+                await run_gateway(building, args.floor, settings, stop=stop)
+            finally:
+                for cancel in deadlines:  # stopped in time: nothing to report
+                    cancel()
 
         asyncio.run(run())
     except (BuildingFileError, ValidationError, SettingsError, QueueError, RegisterError) as exc:

@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a clean stop waits for the live publishes in flight (their PUBACKs).
 STOP_WAIT_S = 2.0
-#: How long the end of a session waits for the broker to close the connection after our
-#: DISCONNECT (aiomqtt alone would wait without a limit, and hold up the gateway's stop).
+#: How long the end of a session waits for our DISCONNECT to be written and the connection
+#: closed (aiomqtt alone waits the client's timeout, 30 s at the default keepalive, when the
+#: broker has stopped reading: it would hold up the gateway's stop that long).
 DISCONNECT_WAIT_S = 3.0
 
 
@@ -267,11 +268,13 @@ class Uplink:
 
 
 async def _disconnect(client: aiomqtt.Client) -> None:
-    """End a session's connection: DISCONNECT, then at most ``DISCONNECT_WAIT_S`` for the
-    broker to close it. Whatever is unacknowledged is still in the queue."""
+    """End a session's connection: DISCONNECT, then at most ``DISCONNECT_WAIT_S`` for it to
+    be written and the connection closed. Whatever is unacknowledged is still in the queue.
+    After a timeout the socket is left to paho's keepalive check and the garbage collector
+    (the session's client is never used again)."""
     try:
         await asyncio.wait_for(client.__aexit__(None, None, None), DISCONNECT_WAIT_S)
     except TimeoutError:
-        logger.warning("the broker did not close the connection in %.0f s", DISCONNECT_WAIT_S)
+        logger.warning("the connection did not close in %g s after DISCONNECT", DISCONNECT_WAIT_S)
     except aiomqtt.MqttError as exc:
         logger.info("disconnect: %s", exc)

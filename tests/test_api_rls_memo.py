@@ -24,9 +24,9 @@ def test_memo_serves_only_its_own_tenant(db_url: str) -> None:
     with psycopg.connect(api_role_conninfo(db_url)) as conn:
         conn.execute(_SCOPE, ("tenant", "iso/a"))
         first = _seen(conn)  # computes the arrays and keeps them
-        memo = conn.execute("SELECT current_setting('app.memo_meters', true)").fetchone()
-        assert memo is not None and str(memo[0]).startswith("iso/a\t{")
-        assert conn.execute("SELECT current_setting('app.memo_zone_windows', true)").fetchone()
+        for name in ("meters", "zone_sensors", "zone_windows"):
+            memo = conn.execute("SELECT current_setting(%s, true)", (f"app.memo_{name}",))
+            assert str(memo.fetchone()[0]).startswith("iso/a\t{"), name  # type: ignore[index]
         second = _seen(conn)  # from the memo
         assert second == first
         for table, sensors in first.items():
@@ -46,13 +46,42 @@ def test_memo_serves_only_its_own_tenant(db_url: str) -> None:
             assert {s[:3] for s in sensors} == {"b-p", "b-l"}, table
         conn.rollback()
 
+        # the memo is what the policies read: one of the tenant's own (forged here) is obeyed
+        conn.execute(_SCOPE, ("tenant", "iso/a"))
+        for name in ("meters", "zone_sensors", "zone_windows"):
+            conn.execute("SELECT set_config(%s, %s, true)", (f"app.memo_{name}", "iso/a\t{}"))
+        assert all(not sensors for sensors in _seen(conn).values())
+        conn.rollback()
+
         # with no tenant set, no memo is read: nothing is seen
         conn.execute("SELECT set_config('app.memo_meters', %s, true)", ("\t{a-p00,b-p00}",))
         assert all(not sensors for sensors in _seen(conn).values())
         conn.rollback()
 
-        # the memo ends with the transaction
+        # the memo ends with the transaction, even a committed one
+        conn.execute(_SCOPE, ("tenant", "iso/a"))
+        assert _seen(conn)["rollups_1m"]
+        conn.commit()
         assert conn.execute("SELECT current_setting('app.memo_meters', true)").fetchone() in (
             (None,),
             ("",),
         )
+
+
+def test_memo_of_lease_windows_reads_back_the_same_instants_in_any_date_style(
+    db_url: str,
+) -> None:
+    """Under a DateStyle that prints zone abbreviations, a window in Asia/Kolkata would print
+    as '... IST' and read back as Israel's IST, 3.5 hours off (PostgreSQL 15, the server of
+    these machines and of CI; newer servers read a zone's own abbreviations first)."""
+    seed(db_url)
+    with psycopg.connect(api_role_conninfo(db_url)) as conn:
+        conn.execute("SET DateStyle = 'SQL, DMY'")
+        conn.execute("SET TimeZone = 'Asia/Kolkata'")
+        conn.execute(_SCOPE, ("tenant", "iso/a"))
+        computed = conn.execute("SELECT api_tenant_zone_windows()::text").fetchone()
+        memo = conn.execute("SELECT current_setting('app.memo_zone_windows', true)").fetchone()
+        remembered = conn.execute("SELECT api_tenant_zone_windows()::text").fetchone()
+        assert memo is not None and str(memo[0]).startswith("iso/a\t{")
+        assert computed is not None and "IST" in str(computed[0])  # the style in question
+        assert remembered == computed

@@ -55,7 +55,7 @@ async def test_disconnect_from_a_broker_that_stopped_reading_ends_in_time(
         server.close()
     took = time.monotonic() - started
     assert 0.9 <= took < 3
-    assert "did not close the connection" in caplog.text
+    assert "did not close in 1 s after DISCONNECT" in caplog.text
 
 
 def test_a_stop_that_does_not_end_exits_with_the_stacks_of_its_tasks() -> None:
@@ -74,7 +74,34 @@ logging.basicConfig()
 asyncio.run(main())
 """
     started = time.monotonic()
-    done = subprocess.run(
+    done = _python(script)
+    assert done.returncode == 3
+    assert time.monotonic() - started < 10
+    assert "the gateway did not stop within 0.5 s" in done.stderr
+    assert "stuck_somewhere" in done.stderr
+
+
+def test_a_stop_that_ended_in_time_cancels_its_deadline() -> None:
+    script = """
+import asyncio, time
+from gateway.service import _stop_deadline
+
+async def main() -> None:
+    cancel = _stop_deadline(asyncio.get_running_loop(), 0.3)
+    await asyncio.sleep(0.1)  # the stop, ended in time
+    cancel()
+    await asyncio.sleep(0.5)  # past the loop's deadline
+
+asyncio.run(main())
+time.sleep(5.2)  # past the thread's (0.3 + 5 s)
+"""
+    done = _python(script)
+    assert done.returncode == 0, done.stderr
+    assert "did not stop" not in done.stderr
+
+
+def _python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-c", script],
         check=False,
         capture_output=True,
@@ -82,7 +109,3 @@ asyncio.run(main())
         timeout=30,
         cwd=ROOT,
     )
-    assert done.returncode == 3
-    assert time.monotonic() - started < 10
-    assert "the gateway did not stop within 0.5 s" in done.stderr
-    assert "stuck_somewhere" in done.stderr

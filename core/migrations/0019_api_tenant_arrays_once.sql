@@ -7,16 +7,23 @@
 -- Now the first call in a transaction keeps its answer in a transaction-local setting
 -- (app.memo_*) under the tenant it was computed for (app.tenant_id); later calls of the same
 -- transaction for the same tenant parse it back. A memo of another tenant (after a rescope),
--- or none, is computed anew, so what a policy lets through is exactly what it was. The memo
--- ends with the transaction, as app.tenant_id does; the API's transactions read and never
--- change sensors or leases. Same results as before, for every caller.
+-- or any memo while no tenant is set, is ignored and the arrays are computed anew, so what a
+-- policy lets through is what it was. The memo ends with the transaction, as app.tenant_id
+-- does. One difference: a lease or sensor change committed by someone else between two
+-- statements of one API transaction (a request's pipeline) is seen from the next transaction
+-- on, not from the next statement; the API's own transactions never change either.
 --
 -- A memo is "<app.tenant_id><TAB><array as text>": tenant ids never hold a tab (the API's id
--- pattern and the building file allow none). With no tenant set nothing is memoised or read
--- (the arrays are then empty anyway). Whoever may set app.tenant_id may set a memo too: the
--- API role, which is trusted with the first already; a memo adds no power over it.
+-- pattern and the building file allow none; one that did would never match). With no tenant
+-- set nothing is memoised or read (the arrays are then empty anyway). The lease windows go
+-- through text as ISO 8601 with a numeric offset whatever the session's DateStyle (the
+-- function's SET): other styles print zone abbreviations, which do not read back to the same
+-- instant (IST, say). Whoever may set app.tenant_id may set a memo too: the API role, which
+-- is trusted with the first already; a memo adds no power over it.
+--
+-- PARALLEL UNSAFE (as the functions were by default): set_config fails in a parallel worker.
 
-CREATE FUNCTION api_memo_get(name text) RETURNS text LANGUAGE plpgsql STABLE AS $$
+CREATE FUNCTION api_memo_get(name text) RETURNS text LANGUAGE plpgsql STABLE PARALLEL UNSAFE AS $$
 DECLARE
     memo text := current_setting('app.memo_' || name, true);
     who text := coalesce(current_setting('app.tenant_id', true), '');
@@ -29,15 +36,19 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION api_memo_put(name text, value text) RETURNS void LANGUAGE plpgsql STABLE AS $$
+CREATE FUNCTION api_memo_put(name text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
+DECLARE
+    who text := coalesce(current_setting('app.tenant_id', true), '');
 BEGIN
-    PERFORM set_config('app.memo_' || name,
-                       coalesce(current_setting('app.tenant_id', true), '') || E'\t' || value,
-                       true);
+    IF who <> '' THEN
+        PERFORM set_config('app.memo_' || name, who || E'\t' || value, true);
+    END IF;
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION api_tenant_meters() RETURNS text[] LANGUAGE plpgsql STABLE AS $$
+CREATE OR REPLACE FUNCTION api_tenant_meters() RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE AS $$
 DECLARE
     memo text := api_memo_get('meters');
     found text[];
@@ -52,7 +63,8 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION api_tenant_zone_sensors() RETURNS text[] LANGUAGE plpgsql STABLE AS $$
+CREATE OR REPLACE FUNCTION api_tenant_zone_sensors() RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE AS $$
 DECLARE
     memo text := api_memo_get('zone_sensors');
     found text[];
@@ -69,7 +81,7 @@ END;
 $$;
 
 CREATE OR REPLACE FUNCTION api_tenant_zone_windows() RETURNS tstzmultirange[]
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
     memo text := api_memo_get('zone_windows');
     found tstzmultirange[];
