@@ -29,6 +29,7 @@ from api.common import (
     responses,
 )
 from api.db import Pool, PoolDep
+from api.fastroute import FastRoute
 from api.tenants import (
     CSV_RESPONSE,
     METERS_SQL,
@@ -53,7 +54,12 @@ from core.billing import (
 from core.billing import Bill as ComputedBill
 from core.building import Tariff
 
-router = APIRouter(prefix="/api/v1", tags=["tenants"], dependencies=[Depends(forbid_unknown_query)])
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["tenants"],
+    dependencies=[Depends(forbid_unknown_query)],
+    route_class=FastRoute,
+)
 
 
 class BillPeriod(_Strict):

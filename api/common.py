@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
@@ -92,28 +93,42 @@ def json_response(model: BaseModel, status_code: int = 200) -> Response:
 async def forbid_unknown_query(request: Request) -> None:
     """Refuse query parameters the route does not declare (422, with the parameter's name)."""
     route = request.scope.get("route")
-    dependant = getattr(route, "dependant", None)
-    if dependant is None:
+    if not isinstance(route, APIRoute):
         return
-    known: set[str] = set()
-    stack = [dependant]
-    while stack:
-        dep = stack.pop()
-        known.update(p.alias for p in dep.query_params)
-        stack.extend(dep.dependencies)
-    unknown = sorted(set(request.query_params) - known)
+    unknown = set(request.query_params) - known_query(route)
     if unknown:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "extra_forbidden",
-                    "loc": ("query", name),
-                    "msg": "unknown query parameter",
-                    "input": request.query_params.get(name),
-                }
-                for name in unknown
-            ]
-        )
+        raise RequestValidationError(unknown_query_errors(request, unknown))
+
+
+def known_query(route: APIRoute) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' included (once per route)."""
+    known: frozenset[str] | None = getattr(route, _KNOWN_QUERY, None)
+    if known is None:
+        names: set[str] = set()
+        stack = [route.dependant]
+        while stack:
+            dep = stack.pop()
+            names.update(p.alias for p in dep.query_params)
+            stack.extend(dep.dependencies)
+        known = frozenset(names)
+        setattr(route, _KNOWN_QUERY, known)
+    return known
+
+
+_KNOWN_QUERY = "_upstairs_known_query"  # where a route keeps its set
+
+
+def unknown_query_errors(request: Request, unknown: set[str]) -> list[dict[str, Any]]:
+    """The 422 entries of the query parameters in ``unknown``, by name."""
+    return [
+        {
+            "type": "extra_forbidden",
+            "loc": ("query", name),
+            "msg": "unknown query parameter",
+            "input": request.query_params.get(name),
+        }
+        for name in sorted(unknown)
+    ]
 
 
 _CACHE_BYTES = 64 * 1024 * 1024

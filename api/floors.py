@@ -19,9 +19,15 @@ from api.auth import PrincipalDep, Read, ScopeDep, read_scoped
 from api.buildings import local_today, require_building
 from api.common import ID_PATTERN, _Strict, cached, forbid_unknown_query, not_found, responses
 from api.db import PoolDep
+from api.fastroute import FastRoute
 from core.alert_types import AlertView
 
-router = APIRouter(prefix="/api/v1", tags=["floors"], dependencies=[Depends(forbid_unknown_query)])
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["floors"],
+    dependencies=[Depends(forbid_unknown_query)],
+    route_class=FastRoute,
+)
 
 FireState = Literal["normal", "alarm", "fault", "unknown"]
 BuildingId = Path(pattern=ID_PATTERN, description="building id", examples=["ref-tower"])

@@ -36,6 +36,7 @@ from api.common import (
     responses,
 )
 from api.db import Pool, PoolDep
+from api.fastroute import FastRoute
 from api.packed import assemble, packed_read
 from api.series import (
     From,
@@ -50,7 +51,12 @@ from api.series import (
 )
 from api.series import time_range as _range
 
-router = APIRouter(prefix="/api/v1", tags=["history"], dependencies=[Depends(forbid_unknown_query)])
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["history"],
+    dependencies=[Depends(forbid_unknown_query)],
+    route_class=FastRoute,
+)
 
 Metric = Literal["load", "power", "temperature"]
 UNITS = {"load": "kg/m2", "power": "kW", "temperature": "degC", "energy": "kWh", "fire": "state"}

@@ -33,6 +33,7 @@ from api.common import (
     responses,
 )
 from api.db import Pool, PoolDep
+from api.fastroute import FastRoute
 from api.series import (
     From,
     Step,
@@ -48,7 +49,12 @@ from api.series import (
 )
 from api.series import time_range as _range
 
-router = APIRouter(prefix="/api/v1", tags=["tenants"], dependencies=[Depends(forbid_unknown_query)])
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["tenants"],
+    dependencies=[Depends(forbid_unknown_query)],
+    route_class=FastRoute,
+)
 
 TenantPath = Annotated[str, Path(pattern=ID_PATTERN, description="tenant id", examples=["voltcab"])]
 BuildingQuery = Annotated[
