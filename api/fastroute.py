@@ -200,11 +200,11 @@ async def _serve(plan: _Plan, request: Request) -> Response:
                 if unknown:
                     raise RequestValidationError(unknown_query_errors(request, unknown))
                 solved[call] = None
-            else:
-                pool = solved.get(get_pool) or await get_pool(request)
-                solved[get_pool] = pool
+            else:  # the caller or the pool; the caller needs the pool
+                if get_pool not in solved:
+                    solved[get_pool] = await get_pool(request)
                 if call is current_principal:
-                    solved[call] = await current_principal(request, pool)
+                    solved[call] = await current_principal(request, solved[get_pool])
         if name is not None:
             values[name] = solved[call]
     errors: list[Any] = []
