@@ -19,21 +19,24 @@ the shape the read endpoints have, and per request does only that:
 * the endpoint is a coroutine annotated to return a ``Response``, returned as it is.
 
 A route of another shape takes FastAPI's path, and so does every request while the app has
-dependency overrides. ``tests/test_api_fastroute.py`` sends the same good and bad requests to
-the fast routes both ways and compares status, headers and body.
+dependency overrides, and every route when this FastAPI's internals are not what the plan
+reads. What the fast path leaves out: FastAPI's own telemetry hooks and the context of a
+validation error's log line (the 422 body is the same); tracing that wraps FastAPI's
+handlers sees these routes' endpoints only. ``tests/test_api_fastroute.py`` sends the same
+good and bad requests to the fast routes both ways and compares status, headers and body.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
 import fastapi.routing
 from fastapi import Request, Response
-from fastapi._compat import field_annotation_is_sequence
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Path, Query
@@ -43,6 +46,12 @@ from pydantic import BaseModel, Json
 from api.auth import current_principal
 from api.common import forbid_unknown_query, known_query, unknown_query_errors
 from api.db import get_pool
+
+_is_sequence: Callable[[Any], bool] | None
+try:
+    from fastapi._compat import field_annotation_is_sequence as _is_sequence
+except ImportError:  # another FastAPI: then every route takes FastAPI's path
+    _is_sequence = None
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -100,13 +109,19 @@ def _param(field: Any, kind: type[Any]) -> _Param | None:
         return None
     if any(type(m) is Json for m in info.metadata) or _has_model(info.annotation):
         return None
-    if field_annotation_is_sequence(info.annotation):
+    if _is_sequence is None or _is_sequence(info.annotation) or info.default_factory is not None:
         return None
+    loc = ("path" if kind is Path else "query", field.alias)
+    required = info.is_required()
+    if not required and info.default is not None:  # skipping its validation must not matter
+        value, errs = field.validate(info.default, {}, loc=loc)
+        if errs or value != info.default or type(value) is not type(info.default):
+            return None
     return _Param(
         name=field.name,
-        loc=("path" if kind is Path else "query", field.alias),
+        loc=loc,
         field=field,
-        required=info.is_required(),
+        required=required,
         default=info.default,
         validate_default=bool(info.validate_default),
     )
@@ -127,7 +142,15 @@ def _known_tree(d: Dependant) -> bool:
 
 
 def plan_of(route: APIRoute) -> _Plan | None:
-    """What FastAPI does for ``route``, when the route has the shape this path handles."""
+    """What FastAPI does for ``route``, when the route has the shape this path handles (None
+    also when this FastAPI's objects are not what the plan reads: its own path is right)."""
+    try:
+        return _plan(route)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _plan(route: APIRoute) -> _Plan | None:
     d = _effective_dependant(route)
     if d is None:
         return None
@@ -141,6 +164,8 @@ def plan_of(route: APIRoute) -> _Plan | None:
         return None
     if not all(_known_tree(sub) for sub in d.dependencies):
         return None
+    if list(inspect.signature(current_principal).parameters) != ["request", "pool"]:
+        return None  # _serve calls it so
     path = [_param(f, Path) for f in d.path_params]
     query = [_param(f, Query) for f in d.query_params]
     if None in path or None in query:
@@ -155,13 +180,23 @@ def plan_of(route: APIRoute) -> _Plan | None:
     )
 
 
+#: How this FastAPI serves included routes: since 0.16x by an "effective context" (the
+#: include's prefix and dependencies added to the route's own), set in a context variable
+#: while the handler is built; before, by a copy of the route with those dependencies.
+_CONTEXT_VAR: ContextVar[Any] | None = getattr(
+    fastapi.routing, "_effective_route_context_var", None
+)
+_INCLUDES_BY_CONTEXT = hasattr(fastapi.routing, "_IncludedRouter")
+
+
 def _effective_dependant(route: APIRoute) -> Dependant | None:
-    """The dependant FastAPI serves ``route`` with: since FastAPI 0.16x an included route is
-    served by an "effective context" (the include's prefix and dependencies added), built
-    while ``get_route_handler`` runs; it must hold no more than the route's own (else: None,
-    FastAPI's path)."""
-    var = getattr(fastapi.routing, "_effective_route_context_var", None)
-    context = var.get() if var is not None else None
+    """The dependant FastAPI serves ``route`` with, if it adds no dependency to the route's
+    own; else None (FastAPI's path). A FastAPI that includes routes by context but whose
+    context this cannot see gets None too: the include's dependencies (an app-wide check,
+    say) must never be skipped."""
+    if _CONTEXT_VAR is None:
+        return None if _INCLUDES_BY_CONTEXT else route.dependant
+    context = _CONTEXT_VAR.get()
     if context is None or getattr(context, "original_route", None) is not route:
         return route.dependant
     d = getattr(context, "dependant", None)
@@ -204,7 +239,7 @@ async def _serve(plan: _Plan, request: Request) -> Response:
                 if get_pool not in solved:
                     solved[get_pool] = await get_pool(request)
                 if call is current_principal:
-                    solved[call] = await current_principal(request, solved[get_pool])
+                    solved[call] = await current_principal(request=request, pool=solved[get_pool])
         if name is not None:
             values[name] = solved[call]
     errors: list[Any] = []

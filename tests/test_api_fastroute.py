@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fastapi import Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.testclient import TestClient
 
 from api import fastroute
 from api.fastroute import FastRoute, plan_of
@@ -92,6 +93,13 @@ CASES: list[tuple[str, str]] = [
     ("tenant", f"/api/v1/tenants/voltcab/bill?month={MONTH}"),
     ("none", f"{BILL}?month=2026-13"),
     ("bad", f"{BILL}?month={MONTH}"),
+    # empty values, encoded names, several errors at once (their order is FastAPI's)
+    ("operator", f"{HISTORY}?metric=load&step=&{WINDOW}"),
+    ("operator", f"{HISTORY}?metric=load&from=&to="),
+    ("tenant", f"{POWER}?step=1h&{WINDOW}&format="),
+    ("tenant", f"{POWER}?step=1h&{WINDOW}&%66ormat=csv"),
+    ("operator", f"/api/v1/buildings/ref-tower/floors/abc/history?metric=weight&step=2m&{WINDOW}"),
+    ("tenant", "/api/v1/tenants/-bad/bill?month=&building=-x"),
 ]
 
 
@@ -133,6 +141,25 @@ def test_the_hot_reads_take_the_fast_path() -> None:
         "/api/v1/tenants/{tenant}/power",
         "/api/v1/tenants/{tenant}/bill",
     }
+
+
+def test_dependencies_added_where_the_router_is_included_are_not_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from api import floors
+
+    async def deny() -> None:
+        raise HTTPException(403, "denied by the include")
+
+    app = FastAPI()
+    app.include_router(floors.router, dependencies=[Depends(deny)])
+    with TestClient(app) as c:  # no pool, no database: only the include's check answers
+        assert c.get(FLOORS).status_code == 403
+    # a FastAPI whose include contexts this cannot see: every route takes FastAPI's path
+    route = next(r for r in floors.router.routes if isinstance(r, FastRoute))
+    assert plan_of(route) is not None
+    monkeypatch.setattr(fastroute, "_CONTEXT_VAR", None)
+    assert plan_of(route) is None
 
 
 def test_fast_and_fastapi_paths_answer_alike(
