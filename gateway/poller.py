@@ -143,8 +143,14 @@ class Poller:
         )
         retry_at = 0.0
         backoff = 0.5
+        task = asyncio.current_task()
         try:
             while True:
+                # pymodbus awaits in asyncio.wait_for, which on Python 3.11 can swallow our
+                # cancel (when the inner result won the race): then stop here, or this
+                # connection waits for a job that the cancelled scheduler never sends
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
                 device = await self._jobs.get()
                 try:
                     if not client.connected and time.monotonic() >= retry_at:

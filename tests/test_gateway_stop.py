@@ -13,9 +13,13 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from pymodbus.client import AsyncModbusTcpClient
 
 from gateway import uplink
+from gateway.poller import Poller, floor_devices
 from gateway.uplink import _disconnect
+from tests.test_gateway_support import make_building
+from upstairs.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNACK = bytes([0x20, 0x02, 0x00, 0x00])
@@ -109,3 +113,36 @@ def _python(script: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         cwd=ROOT,
     )
+
+
+async def test_a_poll_that_swallows_its_cancel_does_not_hold_the_poller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python 3.11's ``asyncio.wait_for`` (which pymodbus's connect and reads use) returns the
+    inner result instead of raising when a cancel arrives as that result does. A Modbus
+    connection task that swallowed its cancel so went back to wait for the next job, which
+    the cancelled scheduler never sent: the poller, and the gateway's stop, waited forever
+    (a CI run hung so, the simulator and the gateway stopping at once). Here the connect
+    swallows every cancel; the poller must end all the same."""
+    entered = asyncio.Event()
+
+    async def swallowing_connect(self: AsyncModbusTcpClient) -> bool:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return False  # as wait_for does when the inner connect has just failed
+        return False
+
+    monkeypatch.setattr(AsyncModbusTcpClient, "connect", swallowing_connect)
+    building = make_building(per_kind=1, interval_s=0.2)
+    poller = Poller("127.0.0.1", free_port(), floor_devices(building, 1), lambda *_: None)
+    task = asyncio.create_task(poller.run())
+    await asyncio.wait_for(entered.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=5)
+    if not done:  # the bug: end the test's task all the same, then fail
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+    assert task in done, "the poller did not end after its cancel"
+    assert task.cancelled()
