@@ -95,12 +95,25 @@ async def forbid_unknown_query(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    unknown = set(request.query_params) - known_query(route)
+    unknown = sorted(set(request.query_params) - _known_query(route))
     if unknown:
-        raise RequestValidationError(unknown_query_errors(request, unknown))
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name),
+                    "msg": "unknown query parameter",
+                    "input": request.query_params.get(name),
+                }
+                for name in unknown
+            ]
+        )
 
 
-def known_query(route: APIRoute) -> frozenset[str]:
+_KNOWN_QUERY = "_upstairs_known_query"  # where a route keeps its set
+
+
+def _known_query(route: APIRoute) -> frozenset[str]:
     """The query parameters a route declares, its dependencies' included (once per route)."""
     known: frozenset[str] | None = getattr(route, _KNOWN_QUERY, None)
     if known is None:
@@ -113,22 +126,6 @@ def known_query(route: APIRoute) -> frozenset[str]:
         known = frozenset(names)
         setattr(route, _KNOWN_QUERY, known)
     return known
-
-
-_KNOWN_QUERY = "_upstairs_known_query"  # where a route keeps its set
-
-
-def unknown_query_errors(request: Request, unknown: set[str]) -> list[dict[str, Any]]:
-    """The 422 entries of the query parameters in ``unknown``, by name."""
-    return [
-        {
-            "type": "extra_forbidden",
-            "loc": ("query", name),
-            "msg": "unknown query parameter",
-            "input": request.query_params.get(name),
-        }
-        for name in sorted(unknown)
-    ]
 
 
 _CACHE_BYTES = 64 * 1024 * 1024

@@ -44,7 +44,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Json
 
 from api.auth import current_principal
-from api.common import forbid_unknown_query, known_query, unknown_query_errors
+from api.common import forbid_unknown_query
 from api.db import get_pool
 
 _is_sequence: Callable[[Any], bool] | None
@@ -97,7 +97,6 @@ class _Plan:
     path: tuple[_Param, ...]
     query: tuple[_Param, ...]
     request_name: str | None
-    known_query: frozenset[str]
     endpoint: Callable[..., Coroutine[Any, Any, Response]]
 
 
@@ -175,7 +174,6 @@ def _plan(route: APIRoute) -> _Plan | None:
         path=tuple(p for p in path if p is not None),
         query=tuple(p for p in query if p is not None),
         request_name=d.request_param_name,
-        known_query=known_query(route),
         endpoint=route.endpoint,
     )
 
@@ -230,16 +228,12 @@ async def _serve(plan: _Plan, request: Request) -> Response:
     solved: dict[Callable[..., Any], Any] = {}  # FastAPI's per-request dependency cache
     for call, name in plan.dependencies:
         if call not in solved:
-            if call is forbid_unknown_query:
-                unknown = set(request.query_params) - plan.known_query
-                if unknown:
-                    raise RequestValidationError(unknown_query_errors(request, unknown))
-                solved[call] = None
-            else:  # the caller or the pool; the caller needs the pool
+            if call is current_principal:  # it takes the pool, solved once as FastAPI does
                 if get_pool not in solved:
                     solved[get_pool] = await get_pool(request)
-                if call is current_principal:
-                    solved[call] = await current_principal(request=request, pool=solved[get_pool])
+                solved[call] = await current_principal(request=request, pool=solved[get_pool])
+            else:  # the unknown-parameter check, the pool: the request only
+                solved[call] = await call(request)
         if name is not None:
             values[name] = solved[call]
     errors: list[Any] = []
