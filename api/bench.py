@@ -46,7 +46,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from api.bench_client import ENDPOINTS
-from api.bench_seed import raw_days_of, seed
+from api.bench_seed import raw_days_of, seed, seed_record
 from api.settings import ApiSettings, api_role_conninfo
 from api.tokens import create_token
 from core.building import Building
@@ -151,17 +151,16 @@ def bill_month(tz: ZoneInfo, days: int, now: datetime) -> str:
 
 
 def _raw_days(args: argparse.Namespace) -> int:
-    """Days of 1-minute history seeded (``--raw-days``, at most ``--days``). With ``--reuse``,
-    counted back from now, as the month billed is: reuse a schema on the day it was seeded."""
+    """Days of 1-minute history seeded (``--raw-days``, at most ``--days``)."""
     return raw_days_of(args.days, args.raw_days)
 
 
-def _seed(url: str, building: Building, args: argparse.Namespace) -> dict[str, Any]:
+def _seed(url: str, building: Building, args: argparse.Namespace, now: datetime) -> dict[str, Any]:
     migrate(url)
     with psycopg.connect(url) as conn:
         apply_building(conn, building)
     t0 = time.perf_counter()
-    rows = seed(url, building, args.days, datetime.now(UTC), args.raw_days)
+    rows = seed(url, building, args.days, now, args.raw_days)
     took = time.perf_counter() - t0
     print(
         f"seeded {rows:,} readings and 1-minute rollups ({_raw_days(args)} days)"
@@ -171,9 +170,44 @@ def _seed(url: str, building: Building, args: argparse.Namespace) -> dict[str, A
     return {"readings": rows, "seconds": round(took)}
 
 
+def _reused(url: str, args: argparse.Namespace) -> tuple[datetime, str | None]:
+    """For ``--reuse``: set ``args.days`` and ``args.raw_days`` to what the schema holds, and
+    return when it was seeded (the month billed is counted back from then, so a reuse bills
+    the month the fresh run billed). An error message instead when ``--days`` or
+    ``--raw-days`` contradict the schema. A schema kept before this record was written has
+    none: the arguments are taken as given (default 30 days), counted back from now."""
+    row = seed_record(url)
+    if row is None:
+        args.days = 30 if args.days is None else args.days
+        print(
+            f"note: {args.reuse} does not record what was seeded; taking --days {args.days}"
+            f" --raw-days {_raw_days(args)} as given",
+            file=sys.stderr,
+        )
+        return datetime.now(UTC), None
+    days, raw_days, seeded_at = row
+    for flag, given, held in (("--days", args.days, days), ("--raw-days", args.raw_days, raw_days)):
+        if given is not None and given != held:
+            return seeded_at, (
+                f"error: --reuse {args.reuse} holds {days} days ({raw_days} with 1-minute"
+                f" history), seeded {seeded_at:%Y-%m-%d %H:%M %Z}; {flag} {given} contradicts"
+                f" it (leave {flag} out)"
+            )
+    args.days, args.raw_days = days, raw_days
+    if datetime.now(UTC) - seeded_at > timedelta(days=1):
+        print(
+            f"note: {args.reuse} was seeded {seeded_at:%Y-%m-%d %H:%M %Z}; the windows"
+            " measured end now, past its last day of history",
+            file=sys.stderr,
+        )
+    return seeded_at, None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upstairs bench api", description=__doc__)
-    parser.add_argument("--days", type=int, default=30, help="days of history (30)")
+    parser.add_argument(
+        "--days", type=int, help="days of history (30; with --reuse, what the schema holds)"
+    )
     parser.add_argument(
         "--raw-days",
         type=int,
@@ -192,8 +226,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reuse",
         metavar="SCHEMA",
-        help="measure again on a schema kept by --keep (no seeding; give its --days and"
-        " --raw-days, on the day it was seeded)",
+        help="measure again on a schema kept by --keep (no seeding; its --days and --raw-days"
+        " are read from it; reuse it on the day it was seeded)",
     )
     return parser
 
@@ -207,7 +241,9 @@ def _schema_exists(url: str, schema: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.raw_days is not None and args.raw_days < min(35, args.days):
+    if not args.reuse:
+        args.days = 30 if args.days is None else args.days
+    if args.raw_days is not None and args.raw_days < min(35, args.days or args.raw_days):
         parser.error("--raw-days must be at least 35 (or all --days)")
     settings = ApiSettings()
     if not settings.database_url:
@@ -242,13 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryFile() as log:
         try:
             building = load_building(args.building)
-            now = datetime.now(UTC)
+            seeded_at = datetime.now(UTC)
             if args.reuse:
                 migrate(url)  # a schema kept by an older version catches up
+                seeded_at, error = _reused(url, args)
+                if error:
+                    print(error, file=sys.stderr)
+                    return 2
             else:
-                seeded = _seed(url, building, args)
+                seeded = _seed(url, building, args, seeded_at)
             seeded["schema_size"] = _schema_size(url, schema)
-            seeded["bill_month"] = bill_month(building.tz, _raw_days(args), now)
+            seeded["bill_month"] = bill_month(building.tz, _raw_days(args), seeded_at)
             config = {
                 "concurrency": args.concurrency,
                 "requests": args.requests,

@@ -136,7 +136,26 @@ def seed(
         conn.autocommit = True
         conn.execute(f"VACUUM (ANALYZE) {', '.join(_VACUUMED)}")
         conn.execute("ANALYZE")
+        conn.execute(
+            f"CREATE TABLE {_SEEDED} (days int NOT NULL, raw_days int NOT NULL,"
+            " seeded_at timestamptz NOT NULL)"
+        )
+        conn.execute(f"INSERT INTO {_SEEDED} VALUES (%s, %s, %s)", (days, raw_days, now))
     return n
+
+
+_SEEDED = "bench_seeded"  # one row: what :func:`seed` wrote, and its ``now``
+
+
+def seed_record(url: str) -> tuple[int, int, datetime] | None:
+    """What :func:`seed` wrote into the schema of ``url``: its days, raw days and ``now``.
+    None for a schema seeded before this record was kept (or not by :func:`seed`)."""
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_SEEDED,)).fetchone()
+        if not (found and found[0]):
+            return None
+        row = conn.execute(f"SELECT days, raw_days, seeded_at FROM {_SEEDED}").fetchone()
+    return (row[0], row[1], row[2]) if row else None
 
 
 _VACUUMED = (

@@ -66,6 +66,37 @@ def test_bench_runs_both_phases_and_drops_its_schema(
         assert left.fetchone() is None
 
 
+@pytest.mark.timeout(300)
+def test_a_reused_schema_is_measured_as_what_it_holds(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reuse reads the days seeded and the month billed from the schema, not from defaults:
+    a 365-day schema reused without --days was once reported as 30 days, billing another
+    month than its fresh run."""
+    monkeypatch.setenv("UPSTAIRS_DATABASE_URL", pg_server_url)
+    small = ["--concurrency", "2", "--requests", "10", "--json"]
+    assert bench.main(["--days", "3", "--keep", "--phase", "cached", *small]) == 0
+    out = capsys.readouterr()
+    found = re.search(r"^schema (bench_[0-9a-f]+)$", out.err, re.MULTILINE)
+    assert found is not None, out.err
+    schema = found[1]
+    try:
+        fresh = json.loads(out.out.strip().splitlines()[-1])
+        assert (fresh["days"], fresh["raw_days"]) == (3, 3)
+        assert bench.main(["--reuse", schema, "--phase", "distinct", *small]) == 0
+        reused = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (reused["days"], reused["raw_days"]) == (3, 3), reused
+        assert reused["seeded"]["bill_month"] == fresh["seeded"]["bill_month"]
+        assert reused["floors_live"]["n"] == 10
+        assert bench.main(["--reuse", schema, "--days", "30", *small]) == 2
+        err = capsys.readouterr().err
+        assert f"--reuse {schema} holds 3 days (3 with 1-minute history)" in err, err
+        assert "--days 30 contradicts it" in err, err
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 def test_reusing_a_schema_that_is_not_there_says_where_it_looked(
     pg_server_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
