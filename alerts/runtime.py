@@ -36,6 +36,7 @@ from alerts.floor_state import due_floors, floor_state_json
 from alerts.intake import feed_telemetry
 from alerts.settings import AlertSettings
 from alerts.webhooks import WebhookSender
+from core.aio import raise_if_cancelling
 from core.alert_types import FIRE_RULES, CommandResult
 from core.building import Building
 from core.payload import GatewayStatus
@@ -296,6 +297,7 @@ class Runtime:
         """Reload a building whose file was re-applied; take on new ones when owning all."""
         assert self.s.database_url is not None
         while True:
+            raise_if_cancelling()  # aiomqtt's subscribe in _swap may have swallowed it (core.aio)
             await asyncio.sleep(self.s.building_poll_s)
             versions = await store.building_versions(self.side, self.s.buildings)
             changed = [b for b, v in versions.items() if self.versions.get(b) != v]

@@ -33,7 +33,7 @@ from alerts.clock import Clock, SystemClock
 from alerts.runtime import EngineStateLost, Runtime, open_engine
 from alerts.settings import AlertSettings
 from alerts.webhooks import WebhookSender
-from core.aio import run_apart
+from core.aio import run_apart, wait_event
 from core.settings import SettingsError, parse_mqtt_url
 from core.topics import Channel, subscription
 
@@ -184,8 +184,7 @@ async def run_alert_engine(
                 "alert engine lost its broker or database (%s); retrying in %.1f s",
                 "; ".join(str(e) for e in group.exceptions), delay,
             )  # fmt: skip
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await wait_event(stop, delay)
 
 
 def main(argv: list[str] | None = None) -> int:

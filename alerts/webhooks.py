@@ -10,7 +10,6 @@ the rows behind it for the same URL, so the receiver sees every alert's events i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -24,6 +23,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from alerts.clock import Clock
+from core.aio import wait_event
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ class WebhookSender:
                 if delivered:
                     continue
                 self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.poll_s)
+                await wait_event(self.wake, self.poll_s)
 
     async def deliver_due(self, conn: psycopg.AsyncConnection[Any], http: httpx.AsyncClient) -> int:
         """Try the head of every URL's queue that is due; return how many were delivered."""

@@ -34,3 +34,27 @@ async def run_apart(coro: Coroutine[Any, Any, T]) -> T:
             task.exception()  # retrieved: the cancel is what counts
         raise
     return task.result()
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds``; whether it is set.
+
+    Not ``asyncio.wait_for(event.wait(), seconds)``: on Python 3.11 that swallows a cancel of
+    the caller that arrives as the event is set (the inner wait's result wins), and a loop
+    around it then goes on as if never cancelled, while whoever cancelled it waits forever.
+    ``asyncio.timeout`` runs no inner task, so the cancel always arrives."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()
+
+
+def raise_if_cancelling() -> None:
+    """Raise ``CancelledError`` if this task has a cancel pending that a library call
+    swallowed (aiomqtt and pymodbus await in ``asyncio.wait_for``, see :func:`wait_event`).
+
+    For the top of a loop in a task that is stopped by a cancel and owns no TaskGroup (a
+    TaskGroup on Python 3.11 may leave its owner's count raised, see :func:`run_apart`)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -24,6 +24,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
+from core.aio import raise_if_cancelling
 from core.building import Building
 from core.registers import REGISTER_MAP, Point, RegisterError, Table, unit_ids
 
@@ -143,14 +144,12 @@ class Poller:
         )
         retry_at = 0.0
         backoff = 0.5
-        task = asyncio.current_task()
         try:
             while True:
                 # pymodbus awaits in asyncio.wait_for, which on Python 3.11 can swallow our
                 # cancel (when the inner result won the race): then stop here, or this
                 # connection waits for a job that the cancelled scheduler never sends
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError
+                raise_if_cancelling()
                 device = await self._jobs.get()
                 try:
                     if not client.connected and time.monotonic() >= retry_at:

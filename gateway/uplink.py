@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import aiomqtt
 
-from core.aio import run_apart
+from core.aio import raise_if_cancelling, run_apart
 from core.payload import Reading, encode_telemetry
 from core.settings import MqttAddress
 from gateway.events import birth, gap_event, ms_to_dt, offline
@@ -247,6 +247,7 @@ class Uplink:
         """Gap events, and a new retained birth when the device faults change."""
         published = self.faults.version
         while True:
+            raise_if_cancelling()  # aiomqtt's publish may have swallowed it (core.aio)
             gaps = self.queue.take_gaps()
             try:
                 for gap in gaps:

@@ -10,10 +10,10 @@ to us (MQTT 5 flow control), and a message is parsed only while fewer than
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from dataclasses import dataclass
 
+from core.aio import wait_event
 from ingest.validate import Parsed
 
 
@@ -73,8 +73,7 @@ class Intake:
             self._enough.clear()
             remaining = self._items[0].arrived + max_age - asyncio.get_running_loop().time()
             if remaining > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._enough.wait(), remaining)
+                await wait_event(self._enough, remaining)
         batch: list[Pending] = []
         rows = 0
         while self._items and (not batch or rows + self._items[0].rows <= self._batch_rows):

@@ -22,6 +22,7 @@ from typing import Any
 import gmqtt  # type: ignore[import-untyped]
 from gmqtt.mqtt.constants import MQTTv50  # type: ignore[import-untyped]
 
+from core.aio import wait_event
 from core.settings import MqttAddress
 from core.topics import Channel, subscription
 
@@ -118,8 +119,7 @@ class Subscriber:
                 return
             delay = min(self._backoff_max_s, 0.2 * 2 ** min(failures, 10))
             delay *= random.uniform(0.5, 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await wait_event(stop, delay)
 
     def _where(self) -> tuple[str, int]:
         return self._address.host, self._address.port

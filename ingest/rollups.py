@@ -23,6 +23,7 @@ import time
 
 import psycopg
 
+from core.aio import wait_event
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 
@@ -86,8 +87,7 @@ class RollupRefresher:
                 if failures:
                     delay = min(self._backoff_max, 0.2 * 2 ** min(failures, 10))
                     delay *= random.uniform(0.5, 1.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                await wait_event(stop, delay)
         finally:
             await _close(conn)
 

@@ -26,7 +26,7 @@ from typing import Literal
 
 import aiomqtt
 
-from core.aio import run_apart
+from core.aio import raise_if_cancelling, run_apart, wait_event
 from core.building import Building
 from core.payload import Reading, encode_telemetry, encode_ts
 from core.settings import MqttAddress
@@ -178,26 +178,10 @@ async def _sample(
         delay = next_tick - loop.time()
         if delay < 0:  # fell behind: carry on from now rather than burst
             next_tick, delay = loop.time(), 0.0
-        await _wait(stop, delay)
+        await wait_event(stop, delay)
     done.set()  # a clean stop: publishers flush, say offline and leave
     for floor in floors.values():
         floor.wake.set()
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Wait for ``event`` at most ``seconds``. (Not ``asyncio.wait_for``: on Python 3.11 it
-    swallows a cancellation that arrives as the awaited event completes.)"""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-
-
-def _cancel_if_requested() -> None:
-    """Raise if this task was cancelled but a library call swallowed the CancelledError
-    (aiomqtt waits with ``asyncio.wait_for``, see :func:`_wait`)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _client(floor: _Floor, address: MqttAddress) -> aiomqtt.Client:
@@ -248,7 +232,7 @@ async def _publish_floor(
                 delay,
             )
             backoff = min(backoff * 2, BACKOFF_MAX_S)
-            await _wait(done, delay)
+            await wait_event(done, delay)
 
 
 async def _session(
@@ -286,6 +270,7 @@ async def _drain(client: aiomqtt.Client, floor: _Floor, done: asyncio.Event) -> 
     """Publish the outbox in order, each message acknowledged before the next; return when
     the sampler is done and the outbox is empty."""
     while True:
+        raise_if_cancelling()  # the birth's publish, or the last one, may have swallowed it
         floor.wake.clear()
         while floor.outbox:
             payload = floor.outbox.popleft()
@@ -294,7 +279,7 @@ async def _drain(client: aiomqtt.Client, floor: _Floor, done: asyncio.Event) -> 
             except BaseException:
                 floor.outbox.appendleft(payload)  # not acknowledged: send it again later
                 raise
-            _cancel_if_requested()
+            raise_if_cancelling()
         if done.is_set():
             return
         await floor.wake.wait()
