@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api import (
     alerts,
@@ -30,7 +31,7 @@ from api import (
     session,
     tenants,
 )
-from api.db import PoolDep, UnsafeRoleError, make_pool
+from api.db import Pool, PoolDep, UnsafeRoleError, make_pool
 from api.live import Hub
 from api.metrics import Metrics, MetricsMiddleware
 from api.pages import STATIC_DIR
@@ -44,8 +45,28 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    database: bool
-    broker: bool | None
+    database: bool = Field(description="a query through the API's pool answered")
+    broker: bool | None = Field(description="the live hub's MQTT link; null: no broker set")
+    rollups_age_s: float | None = Field(
+        description="seconds since the rollup refresher last ran (it keeps the live floors,"
+        " history, power and bills current); null: no refresh recorded, or no database."
+        " Not part of readiness: alert on upstairs_api_rollups_age_seconds instead"
+    )
+
+
+async def _database(pool: Pool) -> tuple[bool, float | None]:
+    """Whether the database answers, and the age of the refresher's heartbeat (0020)."""
+    try:
+        async with pool.connection(timeout=2.0) as conn:
+            cur = await conn.execute(
+                "SELECT extract(epoch FROM clock_timestamp() - refreshed_at)::float8 AS age"
+                "  FROM rollup_refresher"
+            )
+            row = await cur.fetchone()
+    except (psycopg.Error, OSError) as exc:
+        logger.warning("readyz: database: %s", exc)
+        return False, None
+    return True, (round(max(0.0, row["age"]), 3) if row else None)
 
 
 async def check_role(conninfo: str) -> None:
@@ -106,16 +127,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         responses={503: {"model": Ready, "description": "not ready"}},
     )
     async def readyz(request: Request, pool: PoolDep) -> Response:
-        database = False
-        try:
-            async with pool.connection(timeout=2.0) as conn:
-                await conn.execute("SELECT 1")
-                database = True
-        except (psycopg.Error, OSError) as exc:
-            logger.warning("readyz: database: %s", exc)
+        database, age = await _database(pool)
         hub: Hub = request.state.hub
         broker = hub.connected if hub.mqtt_url else None
-        ready = Ready(database=database, broker=broker)
+        ready = Ready(database=database, broker=broker, rollups_age_s=age)
         ok = database and broker is not False
         return Response(ready.model_dump_json(), 200 if ok else 503, media_type="application/json")
 
@@ -126,7 +141,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
-    async def prometheus() -> Response:
+    async def prometheus(pool: PoolDep) -> Response:
+        _, age = await _database(pool)
+        metrics.rollups_age.set(math.nan if age is None else age)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

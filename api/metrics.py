@@ -24,6 +24,11 @@ class Metrics:
         self.sockets = Gauge(
             "upstairs_api_websockets", "open live WebSockets", registry=self.registry
         )
+        self.rollups_age = Gauge(
+            "upstairs_api_rollups_age_seconds",
+            "seconds since the rollup refresher last ran, read at each scrape (NaN: unknown)",
+            registry=self.registry,
+        )
 
 
 class MetricsMiddleware:

@@ -29,7 +29,14 @@ from ingest.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
 
-REFRESH = b"SELECT refresh_rollups(%s)"
+# One refresh, and the heartbeat (migration 0020) stamped in the same transaction when it held
+# the refresher's lock (-1: another refresher is busy, and stamps it).
+REFRESH = (
+    b"WITH r AS (SELECT refresh_rollups(%s) AS n),"
+    b" beat AS (INSERT INTO rollup_refresher (refreshed_at) SELECT clock_timestamp() FROM r"
+    b"  WHERE n >= 0 ON CONFLICT (id) DO UPDATE SET refreshed_at = excluded.refreshed_at)"
+    b" SELECT n FROM r"
+)
 
 
 async def refresh_once(conn: psycopg.AsyncConnection[tuple[object, ...]], max_rows: int) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -202,9 +204,27 @@ def test_tokens_cli_and_demo_credentials(
         assert c.get("/api/v1/auth/me", headers=bearer(secret)).status_code == 401
 
 
+def _metric(text: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert found is not None, text
+    return float(found[1])
+
+
 def test_health_ready_metrics(tower: str, mqtt) -> None:
     with client(tower, mqtt.url, mqtt.prefix) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
-        assert c.get("/readyz").json()["database"] is True
-        assert "upstairs_api_requests" in c.get("/metrics").text
+        ready = c.get("/readyz").json()
+        assert ready["database"] is True and ready["rollups_age_s"] is None  # never refreshed
+        text = c.get("/metrics").text
+        assert "upstairs_api_requests" in text
+        assert math.isnan(_metric(text, "upstairs_api_rollups_age_seconds"))
         assert c.get("/", follow_redirects=False).status_code == 303
+        # a refresher that stopped 90 s ago (what the refresh stamps, migration 0020)
+        with psycopg.connect(tower, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO rollup_refresher (refreshed_at) VALUES (now() - interval '90 s')"
+            )
+        ready = c.get("/readyz")
+        assert ready.status_code == 200  # stale rollups do not take the API out of service
+        assert 90 <= ready.json()["rollups_age_s"] < 120, ready.json()
+        assert 90 <= _metric(c.get("/metrics").text, "upstairs_api_rollups_age_seconds") < 120

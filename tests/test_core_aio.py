@@ -67,10 +67,8 @@ async def test_raise_if_cancelling_raises_only_with_a_cancel_pending() -> None:
     release = asyncio.Event()
 
     async def swallows_then_checks() -> None:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # what a library's wait_for can do
             await release.wait()
-        except asyncio.CancelledError:
-            pass  # what a library's wait_for can do
         swallowed.set()
         raise_if_cancelling()
         await asyncio.sleep(30)  # never reached

@@ -10,6 +10,7 @@ from datetime import timedelta
 import psycopg
 
 from core.payload import Reading
+from ingest.rollups import REFRESH
 from tests.ingest_helpers import (
     Publisher,
     SensorRow,
@@ -145,14 +146,34 @@ async def test_standalone_refresher(db_url, mqtt, service_env):
                 pub.publish(topic(1, mqtt.prefix), message(readings, i))
         await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM readings") == 30)
     assert scalar(db_url, "SELECT count(*) FROM rollups_1m") == 0  # nobody refreshed
+    assert scalar(db_url, "SELECT count(*) FROM rollup_refresher") == 0  # no heartbeat
     proc = refresher_process(service_env)
     try:
         await wait_until(lambda: rollups_settled(db_url), 30)
+        beat = "SELECT extract(epoch FROM clock_timestamp() - refreshed_at) FROM rollup_refresher"
+        await wait_until(lambda: scalar(db_url, beat) is not None)
+        assert scalar(db_url, beat) < 5  # the running refresher stamps its heartbeat
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert b"Warning" not in err and b"Traceback" not in err, err
+    stamped = scalar(db_url, "SELECT refreshed_at FROM rollup_refresher")
+    await asyncio.sleep(0.5)
+    assert scalar(db_url, "SELECT refreshed_at FROM rollup_refresher") == stamped  # it stopped
+
+
+def test_a_refresh_that_waits_for_another_refresher_stamps_nothing(db_url):
+    """-1 from refresh_rollups: another refresher holds the lock (and stamps its own beat)."""
+    with psycopg.connect(db_url, autocommit=True) as other, psycopg.connect(db_url) as conn:
+        other.execute("SELECT pg_advisory_lock(1431326546, 1)")
+        assert conn.execute(REFRESH, (1000,)).fetchone() == (-1,)
+        conn.commit()
+        assert scalar(db_url, "SELECT count(*) FROM rollup_refresher") == 0
+        other.execute("SELECT pg_advisory_unlock(1431326546, 1)")
+        assert conn.execute(REFRESH, (1000,)).fetchone() == (0,)
+        conn.commit()
+    assert scalar(db_url, "SELECT count(*) FROM rollup_refresher") == 1
 
 
 async def test_schema_error_stalls_instead_of_dead_lettering(db_url, mqtt):
