@@ -77,6 +77,7 @@ SETTINGS_OF: Mapping[tuple[str, ...], tuple[type[BaseSettings], ...]] = {
     ("gateway",): (GatewaySettings,),
     ("simulate",): (MqttSettings,),
     ("db", "migrate"): (DatabaseSettings, DataDirSettings),
+    ("db", "retention"): (DatabaseSettings, DataDirSettings, IngestSettings),
     ("building", "apply"): (DatabaseSettings, DataDirSettings),
 }
 
@@ -407,7 +408,7 @@ INSTANCES = {"ingest": "1", "alerts": "ref-tower", "gateway": "3", "building": "
 
 
 def _units() -> list[Path]:
-    return sorted(p for p in SYSTEMD.iterdir() if p.suffix in (".service", ".target"))
+    return sorted(p for p in SYSTEMD.iterdir() if p.suffix in (".service", ".target", ".timer"))
 
 
 def test_systemd_units_verify(tmp_path: Path) -> None:

@@ -40,6 +40,43 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_db_retention(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    import pydantic
+
+    from ingest.settings import IngestSettings
+    from upstairs.retention import (
+        RetentionError,
+        StillLockedError,
+        check_raw_days,
+        drop_old_readings,
+    )
+    from upstairs.services import endpoints
+
+    try:
+        check_raw_days(args.raw_days, IngestSettings().max_age_days)
+    except (RetentionError, pydantic.ValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with endpoints(args.data_dir, need_broker=False) as ep:
+        try:
+            cutoff, parts = drop_old_readings(
+                ep.database_url, args.raw_days, datetime.now(UTC), dry_run=args.dry_run
+            )
+        except StillLockedError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+    verb = "would drop" if args.dry_run else "dropped"
+    for part, end in parts:
+        print(f"{verb} {part}" + (f" (readings before {end:%Y-%m-%d %H:%M %Z})" if end else ""))
+    print(
+        f"{len(parts)} partition(s) of raw readings {'to drop' if args.dry_run else 'dropped'},"
+        f" ending at or before {cutoff:%Y-%m-%d %H:%M %Z} ({args.raw_days} days ago)"
+    )
+    return EXIT_OK
+
+
 def _cmd_building_apply(args: argparse.Namespace) -> int:
     import psycopg
 
@@ -129,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
         dest="db_command", required=True
     )
     db.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_db_migrate)
+    retention = db.add_parser(
+        "retention", help="drop raw readings of months past the retention (docs/operations.md)"
+    )
+    retention.add_argument(
+        "--raw-days",
+        type=int,
+        default=400,
+        help="keep raw readings this many days (400; at least the ingesters' max_age_days)",
+    )
+    retention.add_argument("--dry-run", action="store_true", help="list, drop nothing")
+    retention.set_defaults(func=_cmd_db_retention)
 
     building = sub.add_parser("building", help="building files").add_subparsers(
         dest="building_command", required=True

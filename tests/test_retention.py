@@ -1,0 +1,112 @@
+"""``upstairs db retention``: whole months of raw readings past the retention are dropped;
+the rollups, the energy and everything newer stay; a dry run drops nothing; a retention shorter
+than what the ingesters accept is refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from upstairs import retention
+from upstairs.cli import main
+from upstairs.retention import drop_old_readings
+
+NOW = datetime(2026, 12, 4, 12, tzinfo=UTC)
+
+
+def _months(db_url: str) -> list[str]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'readings'::regclass ORDER BY 1"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _fill(db_url: str) -> None:
+    """One reading a day from 2025-09-01 to now, and a 1-minute rollup of each."""
+    with psycopg.connect(db_url) as conn:
+        day = datetime(2025, 9, 1, tzinfo=UTC)
+        while day <= NOW:
+            conn.execute("SELECT ensure_readings_partition(%s)", (day,))
+            conn.execute("INSERT INTO readings VALUES ('p1', %s, 1.0)", (day,))
+            conn.execute(
+                "INSERT INTO rollups_1m (sensor_id, bucket, count, sum, min, max, last_ts,"
+                " last_value) VALUES ('p1', %s, 1, 1, 1, 1, %s, 1)",
+                (day, day),
+            )
+            day += timedelta(days=1)
+
+
+def _count(db_url: str, sql: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_months_past_the_retention_are_dropped_and_nothing_else(db_url: str) -> None:
+    _fill(db_url)
+    rollups = _count(db_url, "SELECT count(*) FROM rollups_1m")
+    before = _months(db_url)
+    assert "readings_202509" in before and "readings_202512" in before
+    # 400 days before 2026-12-04 12:00 is 2025-10-30 12:00: September 2025 ends before it,
+    # October 2025 does not (its last two days are still within the retention)
+    cutoff, listed = drop_old_readings(db_url, 400, NOW, dry_run=True)
+    assert cutoff == datetime(2025, 10, 30, 12, tzinfo=UTC)
+    assert listed == [("readings_202509", datetime(2025, 10, 1, tzinfo=UTC))]
+    assert _months(db_url) == before  # a dry run drops nothing
+    _, dropped = drop_old_readings(db_url, 400, NOW)
+    assert dropped == listed
+    assert _months(db_url) == [m for m in before if m != "readings_202509"]
+    oldest = "SELECT min(ts) FROM readings"
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(oldest).fetchone()
+    assert row is not None and row[0] == datetime(2025, 10, 1, tzinfo=UTC)
+    assert _count(db_url, "SELECT count(*) FROM rollups_1m") == rollups  # rollups stay
+    assert drop_old_readings(db_url, 400, NOW)[1] == []  # nothing more to drop
+
+
+def test_the_command_refuses_a_retention_shorter_than_the_ingesters_accept(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UPSTAIRS_DATABASE_URL", db_url)
+    _fill(db_url)
+    before = _months(db_url)
+    assert main(["db", "retention", "--raw-days", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "--raw-days 30 is less than the ingesters' max_age_days 400" in err, err
+    assert _months(db_url) == before
+    monkeypatch.setenv("UPSTAIRS_INGEST_MAX_AGE_DAYS", "20")
+    _, due = drop_old_readings(db_url, 30, datetime.now(UTC), dry_run=True)
+    assert due and due[0][0] == "readings_202509", due  # at least September 2025
+    assert main(["db", "retention", "--raw-days", "30", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("would drop")] == [
+        part for part, _ in due
+    ], out
+    assert _months(db_url) == before
+    assert main(["db", "retention", "--raw-days", "30"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(due)} partition(s) of raw readings dropped" in out, out
+    assert _months(db_url) == [m for m in before if m not in {part for part, _ in due}]
+
+
+def test_a_drop_that_waits_for_a_lock_gives_up_and_drops_nothing(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long read of an old month holds its lock: the retention tries ATTEMPTS times, then
+    exits 1 saying so; the older months are dropped, that one and the newer ones stay."""
+    monkeypatch.setenv("UPSTAIRS_DATABASE_URL", db_url)
+    monkeypatch.setenv("UPSTAIRS_INGEST_MAX_AGE_DAYS", "20")
+    monkeypatch.setattr(retention, "LOCK_TIMEOUT", "100ms")
+    monkeypatch.setattr(retention, "PAUSE_S", 0.05)
+    _fill(db_url)
+    before = _months(db_url)
+    with psycopg.connect(db_url) as reader:
+        reader.execute("SELECT count(*) FROM readings_202510").fetchone()  # holds its lock
+        assert main(["db", "retention", "--raw-days", "30"]) == 1
+    assert "readings_202510 stayed locked" in capsys.readouterr().err
+    assert _months(db_url) == [m for m in before if m != "readings_202509"]
