@@ -110,3 +110,31 @@ def test_a_drop_that_waits_for_a_lock_gives_up_and_drops_nothing(
         assert main(["db", "retention", "--raw-days", "30"]) == 1
     assert "readings_202510 stayed locked" in capsys.readouterr().err
     assert _months(db_url) == [m for m in before if m != "readings_202509"]
+
+
+def test_dead_letters_past_their_retention_are_deleted_in_batches(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UPSTAIRS_DATABASE_URL", db_url)
+    monkeypatch.setattr(retention, "DEAD_LETTER_BATCH", 7)  # several batches, one partial
+    now = datetime.now(UTC)
+    with psycopg.connect(db_url) as conn:
+        for age in range(0, 200, 4):  # 50 letters, 4 days apart: 27 over 90 days old
+            conn.execute(
+                "INSERT INTO dead_letters (received_at, topic, payload, reason, detail)"
+                " VALUES (%s, 't', 'x', 'bad_json', 'd')",
+                (now - timedelta(days=age, minutes=1),),
+            )
+    old = "SELECT count(*) FROM dead_letters WHERE received_at < now() - interval '90 days'"
+    assert _count(db_url, old) == 27
+    assert main(["db", "retention", "--dead-letter-days", "90", "--dry-run"]) == 0
+    assert "27 dead letter(s) older than 90 days to delete" in capsys.readouterr().out
+    assert _count(db_url, "SELECT count(*) FROM dead_letters") == 50
+    assert main(["db", "retention", "--dead-letter-days", "90"]) == 0
+    assert "27 dead letter(s) older than 90 days deleted" in capsys.readouterr().out
+    assert _count(db_url, "SELECT count(*) FROM dead_letters") == 23
+    assert _count(db_url, old) == 0
+    with pytest.raises(SystemExit) as usage:
+        main(["db", "retention", "--dead-letter-days", "0"])
+    assert usage.value.code == 2
+    assert "give a whole number of days, at least 1" in capsys.readouterr().err

@@ -50,6 +50,7 @@ def _cmd_db_retention(args: argparse.Namespace) -> int:
         RetentionError,
         StillLockedError,
         check_raw_days,
+        delete_old_dead_letters,
         drop_old_readings,
     )
     from upstairs.services import endpoints
@@ -59,19 +60,23 @@ def _cmd_db_retention(args: argparse.Namespace) -> int:
     except (RetentionError, pydantic.ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    now, dry = datetime.now(UTC), args.dry_run
     with endpoints(args.data_dir, need_broker=False) as ep:
+        letters = delete_old_dead_letters(ep.database_url, args.dead_letter_days, now, dry_run=dry)
+        print(
+            f"{letters} dead letter(s) older than {args.dead_letter_days} days"
+            f" {'to delete' if dry else 'deleted'}"
+        )
         try:
-            cutoff, parts = drop_old_readings(
-                ep.database_url, args.raw_days, datetime.now(UTC), dry_run=args.dry_run
-            )
+            cutoff, parts = drop_old_readings(ep.database_url, args.raw_days, now, dry_run=dry)
         except StillLockedError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAIL
-    verb = "would drop" if args.dry_run else "dropped"
+    verb = "would drop" if dry else "dropped"
     for part, end in parts:
         print(f"{verb} {part}" + (f" (readings before {end:%Y-%m-%d %H:%M %Z})" if end else ""))
     print(
-        f"{len(parts)} partition(s) of raw readings {'to drop' if args.dry_run else 'dropped'},"
+        f"{len(parts)} partition(s) of raw readings {'to drop' if dry else 'dropped'},"
         f" ending at or before {cutoff:%Y-%m-%d %H:%M %Z} ({args.raw_days} days ago)"
     )
     return EXIT_OK
@@ -152,6 +157,14 @@ def _delegate(module: str, func: str = "main") -> Callable[[argparse.Namespace],
     return run
 
 
+def _days(text: str) -> int:
+    """A whole number of days, at least 1 (argparse turns the ValueError into a usage error)."""
+    days = int(text)
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number of days, at least 1")
+    return days
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="upstairs", description="Building management for multi-tenant vertical factories."
@@ -171,9 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retention.add_argument(
         "--raw-days",
-        type=int,
+        type=_days,
         default=400,
         help="keep raw readings this many days (400; at least the ingesters' max_age_days)",
+    )
+    retention.add_argument(
+        "--dead-letter-days",
+        type=_days,
+        default=90,
+        help="keep dead letters this many days (90)",
     )
     retention.add_argument("--dry-run", action="store_true", help="list, drop nothing")
     retention.set_defaults(func=_cmd_db_retention)

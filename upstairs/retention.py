@@ -86,3 +86,31 @@ def _drop(
         "SELECT part, range_end FROM drop_readings_before(%s, %s)", (cutoff, dry_run)
     ).fetchall()
     return [(str(part), end) for part, end in rows]
+
+
+#: Dead letters deleted per transaction: short transactions, no long lock on the table.
+DEAD_LETTER_BATCH = 10_000
+
+
+def delete_old_dead_letters(
+    database_url: str, days: int, now: datetime, *, dry_run: bool = False
+) -> int:
+    """Delete (or count, with ``dry_run``) the dead letters received before ``now - days``,
+    in batches of :data:`DEAD_LETTER_BATCH` (index ``dead_letters_received``)."""
+    cutoff = now - timedelta(days=days)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if dry_run:
+            row = conn.execute(
+                "SELECT count(*) FROM dead_letters WHERE received_at < %s", (cutoff,)
+            ).fetchone()
+            return int(row[0]) if row else 0
+        deleted = 0
+        while True:
+            cur = conn.execute(
+                "DELETE FROM dead_letters WHERE id = ANY(ARRAY(SELECT id FROM dead_letters"
+                " WHERE received_at < %s ORDER BY received_at LIMIT %s))",
+                (cutoff, DEAD_LETTER_BATCH),
+            )
+            deleted += cur.rowcount
+            if cur.rowcount < DEAD_LETTER_BATCH:
+                return deleted
