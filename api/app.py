@@ -31,7 +31,8 @@ from api import (
     session,
     tenants,
 )
-from api.db import Pool, PoolDep, UnsafeRoleError, make_pool
+from api.db import PoolDep, UnsafeRoleError, make_pool
+from api.health import RefresherAge
 from api.live import Hub
 from api.metrics import Metrics, MetricsMiddleware
 from api.pages import STATIC_DIR
@@ -54,21 +55,6 @@ class Ready(BaseModel):
     )
 
 
-async def _database(pool: Pool) -> tuple[bool, float | None]:
-    """Whether the database answers, and the age of the refresher's heartbeat (0020)."""
-    try:
-        async with pool.connection(timeout=2.0) as conn:
-            cur = await conn.execute(
-                "SELECT extract(epoch FROM clock_timestamp() - refreshed_at)::float8 AS age"
-                "  FROM rollup_refresher"
-            )
-            row = await cur.fetchone()
-    except (psycopg.Error, OSError) as exc:
-        logger.warning("readyz: database: %s", exc)
-        return False, None
-    return True, (round(max(0.0, row["age"]), 3) if row else None)
-
-
 async def check_role(conninfo: str) -> None:
     """Refuse to start as a role that could read past row-level security."""
     async with await psycopg.AsyncConnection.connect(conninfo) as conn:
@@ -86,6 +72,7 @@ async def check_role(conninfo: str) -> None:
 def create_app(settings: ApiSettings) -> FastAPI:
     conninfo = settings.api_conninfo()
     metrics = Metrics()
+    refresher = RefresherAge()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -127,7 +114,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
         responses={503: {"model": Ready, "description": "not ready"}},
     )
     async def readyz(request: Request, pool: PoolDep) -> Response:
-        database, age = await _database(pool)
+        database, age = False, None
+        try:
+            async with pool.connection(timeout=2.0) as conn:
+                await conn.execute("SELECT 1")
+                database = True
+                age = await refresher.read(conn)
+        except (psycopg.Error, OSError) as exc:
+            logger.warning("readyz: database: %s", exc)
         hub: Hub = request.state.hub
         broker = hub.connected if hub.mqtt_url else None
         ready = Ready(database=database, broker=broker, rollups_age_s=age)
@@ -142,7 +136,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
     async def prometheus(pool: PoolDep) -> Response:
-        _, age = await _database(pool)
+        try:  # a scrape does not queue for the pool: when it is busy, the last reading, aged
+            async with pool.connection(timeout=0.25) as conn:
+                age = await refresher.read(conn)
+        except (psycopg.Error, OSError):
+            age = refresher.estimate()
         metrics.rollups_age.set(math.nan if age is None else age)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

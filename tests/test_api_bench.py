@@ -13,6 +13,7 @@ import pytest
 
 from api import bench
 from api.bench_client import ENDPOINTS, Questions
+from core.building_file import load_building
 
 
 def test_every_distinct_question_is_a_different_one() -> None:
@@ -83,10 +84,20 @@ def test_a_reused_schema_is_measured_as_what_it_holds(
     try:
         fresh = json.loads(out.out.strip().splitlines()[-1])
         assert (fresh["days"], fresh["raw_days"]) == (3, 3)
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:  # seeded 40 days ago
+            row = conn.execute(
+                f"UPDATE {schema}.bench_seeded SET seeded_at = seeded_at - interval '40 days'"
+                " RETURNING seeded_at"
+            ).fetchone()
+        assert row is not None
+        month = bench.bill_month(load_building(bench.REF_TOWER).tz, 3, row[0])
+        assert month != fresh["seeded"]["bill_month"]  # 40 days earlier: another month
         assert bench.main(["--reuse", schema, "--phase", "distinct", *small]) == 0
-        reused = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        out = capsys.readouterr()
+        reused = json.loads(out.out.strip().splitlines()[-1])
         assert (reused["days"], reused["raw_days"]) == (3, 3), reused
-        assert reused["seeded"]["bill_month"] == fresh["seeded"]["bill_month"]
+        assert reused["seeded"]["bill_month"] == month  # counted back from the seed
+        assert "past its last day of history" in out.err, out.err
         assert reused["floors_live"]["n"] == 10
         assert bench.main(["--reuse", schema, "--days", "30", *small]) == 2
         err = capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import math
 import re
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -228,3 +229,25 @@ def test_health_ready_metrics(tower: str, mqtt) -> None:
         assert ready.status_code == 200  # stale rollups do not take the API out of service
         assert 90 <= ready.json()["rollups_age_s"] < 120, ready.json()
         assert 90 <= _metric(c.get("/metrics").text, "upstairs_api_rollups_age_seconds") < 120
+
+
+def test_the_refresher_heartbeat_never_costs_readiness(tower: str) -> None:
+    """A locked heartbeat table answers within the statement timeout with the last reading,
+    aged; a missing one (an API newer than the schema) leaves the database ready."""
+    with psycopg.connect(tower, autocommit=True) as conn:
+        conn.execute("INSERT INTO rollup_refresher (refreshed_at) VALUES (now() - interval '30 s')")
+    with client(tower) as c:
+        assert 30 <= c.get("/readyz").json()["rollups_age_s"] < 60
+        with psycopg.connect(tower) as locker:
+            locker.execute("LOCK TABLE rollup_refresher IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            ready = c.get("/readyz")
+            took = time.monotonic() - started
+            assert ready.status_code == 200 and ready.json()["database"] is True
+            assert 30 <= ready.json()["rollups_age_s"] < 60  # the last reading, aged
+            assert took < 1.9, took  # the 1 s statement timeout, not the lock's holder
+            assert 30 <= _metric(c.get("/metrics").text, "upstairs_api_rollups_age_seconds") < 60
+        with psycopg.connect(tower, autocommit=True) as conn:
+            conn.execute("DROP TABLE rollup_refresher")
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["database"] is True, ready.json()

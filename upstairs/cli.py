@@ -30,6 +30,32 @@ def _setup_logging(verbose: bool = False) -> None:
     )
 
 
+def _database_errors(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """A database command's answer to a database it cannot use: one line that says what to
+    do, exit 1, no traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        import psycopg
+
+        try:
+            return command(args)
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(
+                f"error: cannot use the database (UPSTAIRS_DATABASE_URL): {first}", file=sys.stderr
+            )
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable) as exc:
+            first = str(exc).strip().splitlines()[0]
+            print(
+                f"error: the database schema is not current ({first}); run `upstairs db migrate`",
+                file=sys.stderr,
+            )
+        return EXIT_FAIL
+
+    return run
+
+
+@_database_errors
 def _cmd_db_migrate(args: argparse.Namespace) -> int:
     from core.db import migrate
     from upstairs.services import endpoints
@@ -40,6 +66,7 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_database_errors
 def _cmd_db_retention(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -77,11 +104,12 @@ def _cmd_db_retention(args: argparse.Namespace) -> int:
         print(f"{verb} {part}" + (f" (readings before {end:%Y-%m-%d %H:%M %Z})" if end else ""))
     print(
         f"{len(parts)} partition(s) of raw readings {'to drop' if dry else 'dropped'},"
-        f" ending at or before {cutoff:%Y-%m-%d %H:%M %Z} ({args.raw_days} days ago)"
+        f" ending at or before {cutoff:%Y-%m-%d %H:%M %Z} ({args.raw_days} days and a day ago)"
     )
     return EXIT_OK
 
 
+@_database_errors
 def _cmd_building_apply(args: argparse.Namespace) -> int:
     import psycopg
 
@@ -158,10 +186,10 @@ def _delegate(module: str, func: str = "main") -> Callable[[argparse.Namespace],
 
 
 def _days(text: str) -> int:
-    """A whole number of days, at least 1 (argparse turns the ValueError into a usage error)."""
+    """A whole number of days, 1 to 36,500 (argparse turns the error into a usage error)."""
     days = int(text)
-    if days < 1:
-        raise argparse.ArgumentTypeError(f"{text}: give a whole number of days, at least 1")
+    if not 1 <= days <= 36_500:
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number of days, 1 to 36500")
     return days
 
 

@@ -6,8 +6,9 @@ stay (migration 0021 and docs/operations.md, "Retention"). Whole monthly partiti
 dropped (on TimescaleDB, 1-day chunks), never deleted from row by row.
 
 The retention must be at least the ingesters' ``max_age_days`` (readings older than that are
-refused): a month is dropped only when it ends ``raw_days`` before now, so no reading an
-ingester still accepts can belong to a dropped month.
+refused): a month is dropped only when it ends ``raw_days`` and a day (:data:`MARGIN`) before
+now, so no reading an ingester still accepts can belong to a dropped month, not even one it
+checked a moment before the drop on a clock a little ahead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import psycopg
 #: month's own (a long read of it): ingest inserts queue behind it for at most this long per
 #: attempt, and a month is tried ``ATTEMPTS`` times, ``PAUSE_S`` apart.
 LOCK_TIMEOUT = "1s"
+#: Kept beyond ``raw_days``: readings checked just before a drop, clocks that differ.
+MARGIN = timedelta(days=1)
 ATTEMPTS = 5
 PAUSE_S = 2.0
 
@@ -54,11 +57,11 @@ def drop_old_readings(
     database_url: str, raw_days: int, now: datetime, *, dry_run: bool = False
 ) -> tuple[datetime, list[tuple[str, datetime | None]]]:
     """Drop (or list, with ``dry_run``) the readings partitions that end at or before
-    ``now - raw_days``; returns the cutoff and each partition with the end of its range.
+    ``now - raw_days - MARGIN``; returns the cutoff and each partition with the end of its range.
 
     One month per transaction, oldest first: a month that stays locked keeps only itself and
     the newer ones (:class:`StillLockedError`)."""
-    cutoff = now - timedelta(days=raw_days)
+    cutoff = now - timedelta(days=raw_days) - MARGIN
     with psycopg.connect(database_url, autocommit=True) as conn:
         due = _drop(conn, cutoff, dry_run=True)
         if dry_run:

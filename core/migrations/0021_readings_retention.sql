@@ -2,13 +2,14 @@
 --
 -- Raw readings are the largest table by far (168 sensors every second are 14.5 million rows a
 -- day); everything the API serves past a day or so reads the rollups, the quarter-hour energy
--- and the tenants' days, which are small and kept for good. This drops the raw readings of
--- whole months whose end lies at or before `cutoff`: a partition is dropped, not deleted from,
--- so it costs no vacuum and no bloat. With TimescaleDB, drop_chunks does the same for the
+-- and the tenants' days, which are small and kept for good. This drops the partitions of raw
+-- readings (months) whose upper bound lies at or before `cutoff`: dropped, not deleted from, so
+-- it costs no vacuum and no bloat. With TimescaleDB, drop_chunks does the same for the
 -- 1-day chunks (that branch cannot run on these machines; it is not tested here).
 --
 -- Returns what it dropped (or, with dry_run, would drop): the partition or chunk, and the end
--- of its range.
+-- of its range (the upper bound of the partition; NULL for a chunk). A partition without an
+-- upper bound (a DEFAULT or MAXVALUE one) is never dropped.
 CREATE FUNCTION drop_readings_before(cutoff timestamptz, dry_run boolean)
 RETURNS TABLE (part text, range_end timestamptz)
 LANGUAGE plpgsql AS $$
@@ -23,16 +24,17 @@ BEGIN
             USING cutoff;
         RETURN;
     END IF;
-    -- the months of ensure_readings_partition: readings_YYYYMM, [month start, next) in UTC
+    -- every partition by its real upper bound (the literal carries its offset, so this reads
+    -- right in any session time zone), not by its name: partitions made by 0001's
+    -- ensure_readings_partition in a session zone with daylight saving are not whole UTC months
     FOR rel, part, range_end IN
         SELECT c.oid::regclass, c.relname::text,
-               (make_timestamp(substr(c.relname, 10, 4)::int, substr(c.relname, 14, 2)::int, 1,
-                               0, 0, 0) + interval '1 month') AT TIME ZONE 'UTC'
+               substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz
           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'readings'::regclass AND c.relname ~ '^readings_[0-9]{6}$'
-         ORDER BY c.relname
+         WHERE i.inhparent = 'readings'::regclass
+         ORDER BY 3
     LOOP
-        CONTINUE WHEN range_end > cutoff;
+        CONTINUE WHEN range_end IS NULL OR range_end > cutoff;
         IF NOT dry_run THEN
             EXECUTE format('DROP TABLE %s', rel);
         END IF;

@@ -1,0 +1,50 @@
+-- ensure_readings_partition (0001) added the month to a timestamptz, which PostgreSQL does in
+-- the session's time zone: in a zone with daylight saving (a server whose TimeZone is, say,
+-- America/New_York, as Debian's initdb takes the host's) October 2025 became
+-- [Oct 1, Oct 31 00:00 UTC) and November [Nov 1, Dec 1 01:00 UTC). Readings of the hours
+-- between fell into no partition and were dead-lettered, and the next month's partition would
+-- overlap. The month's end is now worked out in UTC, like its start.
+--
+-- Partitions made wrong before this stay as they are (moving readings between partitions is a
+-- maintenance job, docs/operations.md, "Retention"); this migration names them in a WARNING.
+CREATE OR REPLACE FUNCTION ensure_readings_partition(at timestamptz) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    month       timestamp := date_trunc('month', at AT TIME ZONE 'UTC');
+    month_start timestamptz := month AT TIME ZONE 'UTC';
+    month_end   timestamptz := (month + interval '1 month') AT TIME ZONE 'UTC';
+    part_name   text := 'readings_' || to_char(month, 'YYYYMM');
+    parent_schema text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'readings'::regclass) THEN
+        RETURN NULL;  -- a hypertable
+    END IF;
+    SELECT n.nspname INTO parent_schema
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = 'readings'::regclass;
+    IF to_regclass(quote_ident(parent_schema) || '.' || quote_ident(part_name)) IS NULL THEN
+        EXECUTE format(
+            'CREATE TABLE IF NOT EXISTS %I.%I PARTITION OF %I.readings FOR VALUES FROM (%L) TO (%L)',
+            parent_schema, part_name, parent_schema, month_start, month_end);
+    END IF;
+    RETURN part_name;
+END;
+$$;
+
+DO $$
+DECLARE
+    wrong text;
+BEGIN
+    SELECT string_agg(c.relname || ' ' || pg_get_expr(c.relpartbound, c.oid), '; ')
+      INTO wrong
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = 'readings'::regclass AND c.relname ~ '^readings_[0-9]{6}$'
+       AND substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz
+           <> (to_date(substr(c.relname, 10), 'YYYYMM') + interval '1 month')
+              AT TIME ZONE 'UTC';
+    IF wrong IS NOT NULL THEN
+        RAISE WARNING 'readings partitions that are not whole UTC months (made by 0001 in a '
+                      'session time zone with daylight saving): %', wrong;
+    END IF;
+END;
+$$;
