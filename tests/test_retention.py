@@ -143,7 +143,7 @@ def test_dead_letters_past_their_retention_are_deleted_in_batches(
 
 
 def test_partitions_are_dropped_by_their_real_bounds_in_any_session_time_zone(
-    pg_server_url: str, db_url: str
+    pg_server_url: str, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """0001's ensure_readings_partition made months that are not whole UTC months in a
     session zone with daylight saving; the retention reads each partition's real upper bound,
@@ -156,6 +156,7 @@ def test_partitions_are_dropped_by_their_real_bounds_in_any_session_time_zone(
             " FOR VALUES FROM ('2025-09-01 00:00+00') TO ('2025-10-01 04:00+00')"
         )
         conn.execute("CREATE TABLE readings_rest PARTITION OF readings DEFAULT")
+    monkeypatch.delenv("PGTZ", raising=False)  # it would win over the conninfo's options
     info = conninfo_to_dict(db_url)
     options = f"{info.get('options') or ''} -c TimeZone=America/New_York".strip()
     new_york = make_conninfo(db_url, options=options)
@@ -193,8 +194,11 @@ def test_a_database_it_cannot_use_gets_one_line_that_says_what_to_do(
             conn.execute("DROP SCHEMA t_unmigrated CASCADE")
 
 
-def test_a_month_made_in_a_daylight_saving_session_is_a_whole_utc_month(db_url: str) -> None:
+def test_a_month_made_in_a_daylight_saving_session_is_a_whole_utc_month(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """0022: ensure_readings_partition no longer adds the month in the session's zone."""
+    monkeypatch.delenv("PGTZ", raising=False)  # it would win over the conninfo's options
     info = conninfo_to_dict(db_url)
     options = f"{info.get('options') or ''} -c TimeZone=America/New_York".strip()
     with psycopg.connect(make_conninfo(db_url, options=options), autocommit=True) as conn:
