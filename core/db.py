@@ -54,6 +54,11 @@ def migrate(conninfo: str) -> list[str]:
     """Apply every pending migration; return the names of those applied now."""
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        # Migrations are written for UTC: 0001 itself makes the first partitions with a
+        # function that, before 0022, worked out a month's end in the session's zone; in a
+        # zone with daylight saving (a server's TimeZone follows its host's) they overlapped
+        # and a new install failed. Whatever the server's zone, migrations run in UTC.
+        conn.execute("SET TimeZone = 'UTC'")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"

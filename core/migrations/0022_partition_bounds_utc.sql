@@ -1,9 +1,11 @@
 -- ensure_readings_partition (0001) added the month to a timestamptz, which PostgreSQL does in
--- the session's time zone: in a zone with daylight saving (a server whose TimeZone is, say,
--- America/New_York, as Debian's initdb takes the host's) October 2025 became
--- [Oct 1, Oct 31 00:00 UTC) and November [Nov 1, Dec 1 01:00 UTC). Readings of the hours
--- between fell into no partition and were dead-lettered, and the next month's partition would
--- overlap. The month's end is now worked out in UTC, like its start.
+-- the session's time zone. West of UTC a month's start is the evening of the last day of the
+-- month before, and the addition clamps it (30 November + 1 month = 30 December): the month
+-- after every 30-day one ended a day early, in any zone west of UTC (Etc/GMT+5: December
+-- 2026 = [Dec 1, Dec 31)). With daylight saving, months could also overlap (America/New_York:
+-- November 2026 ran to Dec 1 01:00 UTC) and the next one failed. Readings in the gaps were
+-- dead-lettered. A server's TimeZone follows its host's (Debian's initdb). The month's end is
+-- now worked out in UTC, like its start; migrations themselves run in UTC (core.db.migrate).
 --
 -- Partitions made wrong before this stay as they are (moving readings between partitions is a
 -- maintenance job, docs/operations.md, "Retention"); this migration names them in a WARNING.
