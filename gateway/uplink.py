@@ -175,6 +175,7 @@ class Uplink:
         client = self._client()
         await client.__aenter__()
         try:
+            raise_if_cancelling()  # aiomqtt's connect waits in wait_for (core.aio)
             await self._serve(client)
         finally:
             await _disconnect(client)
@@ -188,6 +189,7 @@ class Uplink:
             await client.publish(
                 self.topics.status, birth(self.source, self.faults.current), qos=1, retain=True
             )
+            raise_if_cancelling()  # before this group has children: its count is ours alone
             self._session = session
             self.stats.sessions += 1
             self.connected.set()

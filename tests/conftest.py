@@ -68,10 +68,12 @@ def db_url(pg_server_url: str) -> Iterator[str]:
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     url = with_search_path(pg_server_url, schema)
-    migrate(url)
-    yield url
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    try:
+        migrate(url)
+        yield url
+    finally:  # a migration that fails leaves no schema behind either
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ as long as the client's timeout (30 s for the gateway's default keepalive)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -16,8 +17,10 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from gateway import uplink
-from gateway.poller import Poller, floor_devices
+from gateway.poller import Faults, Poller, floor_devices
+from gateway.queue import ReadingQueue
 from gateway.uplink import _disconnect
+from tests.conftest import MqttTarget
 from tests.test_gateway_support import make_building
 from upstairs.embedded import free_port
 
@@ -146,3 +149,36 @@ async def test_a_poll_that_swallows_its_cancel_does_not_hold_the_poller(
         await asyncio.wait([task], timeout=5)
     assert task in done, "the poller did not end after its cancel"
     assert task.cancelled()
+
+
+async def test_an_uplink_whose_connect_swallows_the_cancel_still_stops(
+    mqtt: MqttTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiomqtt connects in asyncio.wait_for, which on Python 3.11 can return instead of
+    raising a cancel that arrives as the CONNACK does: the session then went on (birth,
+    replay, status) and the gateway's stop waited for it until the 15 s deadline."""
+    real_enter = aiomqtt.Client.__aenter__
+    connecting = asyncio.Event()
+
+    async def swallowing_enter(self: aiomqtt.Client) -> aiomqtt.Client:
+        connecting.set()
+        with contextlib.suppress(asyncio.CancelledError):  # what wait_for can do
+            await asyncio.sleep(1)
+        return await real_enter(self)
+
+    monkeypatch.setattr(aiomqtt.Client, "__aenter__", swallowing_enter)
+    with ReadingQueue(tmp_path / "q.sqlite", max_readings=100, max_age_s=3600) as queue:
+        link = uplink.Uplink(
+            mqtt.address,
+            uplink.Topics(f"{mqtt.prefix}t", f"{mqtt.prefix}s"),
+            queue,
+            Faults(),
+            source="t-swallow",
+            client_id=f"t-swallow-{mqtt.prefix.strip('/')}"[:60],
+        )
+        task = asyncio.create_task(link.run())
+        await asyncio.wait_for(connecting.wait(), 10)
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+        assert task.done() and task.cancelled(), "the uplink went on after its cancel"
+        assert link.stats.sessions == 0  # no birth was published for a cancelled session
