@@ -58,6 +58,7 @@ REF_TOWER = Path(__file__).resolve().parent.parent / "deploy" / "buildings" / "r
 TENANT = "northbridge"
 _SCHEMA_PREFIX = "bench_"
 PHASES = ("cached", "distinct")
+DEFAULT_DAYS = 30
 
 
 def _free_port() -> int:
@@ -178,7 +179,7 @@ def _reused(url: str, args: argparse.Namespace) -> tuple[datetime, str | None]:
     none: the arguments are taken as given (default 30 days), counted back from now."""
     row = seed_record(url)
     if row is None:
-        args.days = 30 if args.days is None else args.days
+        args.days = DEFAULT_DAYS if args.days is None else args.days
         print(
             f"note: {args.reuse} does not record what was seeded; taking --days {args.days}"
             f" --raw-days {_raw_days(args)} as given",
@@ -206,7 +207,9 @@ def _reused(url: str, args: argparse.Namespace) -> tuple[datetime, str | None]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upstairs bench api", description=__doc__)
     parser.add_argument(
-        "--days", type=int, help="days of history (30; with --reuse, what the schema holds)"
+        "--days",
+        type=int,
+        help=f"days of history ({DEFAULT_DAYS}; with --reuse, what the schema holds)",
     )
     parser.add_argument(
         "--raw-days",
@@ -241,9 +244,10 @@ def _schema_exists(url: str, schema: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.reuse:
-        args.days = 30 if args.days is None else args.days
-    if args.raw_days is not None and args.raw_days < min(35, args.days or args.raw_days):
+    if not args.reuse and args.days is None:
+        args.days = DEFAULT_DAYS
+    # with --reuse and no --days, the schema's record settles --raw-days (_reused)
+    if args.days is not None and args.raw_days is not None and args.raw_days < min(35, args.days):
         parser.error("--raw-days must be at least 35 (or all --days)")
     settings = ApiSettings()
     if not settings.database_url:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import psycopg
+from psycopg.rows import DictRow
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class RefresherAge:
             return None
         return round(self._age + time.monotonic() - self._read_at, 3)
 
-    async def read(self, conn: psycopg.AsyncConnection[Any]) -> float | None:
+    async def read(self, conn: psycopg.AsyncConnection[DictRow]) -> float | None:
         """Read the heartbeat on ``conn`` (in a transaction or savepoint of its own); on an
         error, the estimate from the last good reading."""
         try:
@@ -48,10 +48,6 @@ class RefresherAge:
         except psycopg.Error as exc:
             logger.warning("rollup refresher heartbeat not read: %s", exc)
             return self.estimate()
-        self._age = None if row is None else max(0.0, float(_first(row)))
+        self._age = None if row is None else max(0.0, float(row["age"]))
         self._read_at = time.monotonic()
         return self.estimate()
-
-
-def _first(row: Any) -> Any:
-    return row["age"] if isinstance(row, dict) else row[0]

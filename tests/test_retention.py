@@ -42,6 +42,12 @@ def _fill(db_url: str) -> None:
             day += timedelta(days=1)
 
 
+def _in_zone(conninfo: str, zone: str) -> str:
+    """``conninfo`` with its sessions in ``zone`` (its other options kept)."""
+    options = conninfo_to_dict(conninfo).get("options") or ""
+    return make_conninfo(conninfo, options=f"{options} -c TimeZone={zone}".strip())
+
+
 def _count(db_url: str, sql: str) -> int:
     with psycopg.connect(db_url) as conn:
         row = conn.execute(sql).fetchone()
@@ -157,9 +163,7 @@ def test_partitions_are_dropped_by_their_real_bounds_in_any_session_time_zone(
         )
         conn.execute("CREATE TABLE readings_rest PARTITION OF readings DEFAULT")
     monkeypatch.delenv("PGTZ", raising=False)  # it would win over the conninfo's options
-    info = conninfo_to_dict(db_url)
-    options = f"{info.get('options') or ''} -c TimeZone=America/New_York".strip()
-    new_york = make_conninfo(db_url, options=options)
+    new_york = _in_zone(db_url, "America/New_York")
     with psycopg.connect(new_york) as conn:
         assert conn.execute("SHOW TimeZone").fetchone() == ("America/New_York",)
     margin = timedelta(days=401)  # raw_days 400 and the day's margin
@@ -199,9 +203,7 @@ def test_a_month_made_in_a_daylight_saving_session_is_a_whole_utc_month(
 ) -> None:
     """0022: ensure_readings_partition no longer adds the month in the session's zone."""
     monkeypatch.delenv("PGTZ", raising=False)  # it would win over the conninfo's options
-    info = conninfo_to_dict(db_url)
-    options = f"{info.get('options') or ''} -c TimeZone=America/New_York".strip()
-    with psycopg.connect(make_conninfo(db_url, options=options), autocommit=True) as conn:
+    with psycopg.connect(_in_zone(db_url, "America/New_York"), autocommit=True) as conn:
         for month in ("2025-10-15", "2025-11-15", "2026-03-15"):
             conn.execute("SELECT ensure_readings_partition(%s::timestamptz)", (month,))
         conn.execute("SET TimeZone = 'UTC'")

@@ -30,6 +30,11 @@ def _setup_logging(verbose: bool = False) -> None:
     )
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _database_errors(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
     """A database command's answer to a database it cannot use: one line that says what to
     do, exit 1, no traceback."""
@@ -40,14 +45,14 @@ def _database_errors(command: Callable[[argparse.Namespace], int]) -> Callable[.
         try:
             return command(args)
         except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(
-                f"error: cannot use the database (UPSTAIRS_DATABASE_URL): {first}", file=sys.stderr
+                f"error: cannot use the database (UPSTAIRS_DATABASE_URL): {_first_line(exc)}",
+                file=sys.stderr,
             )
         except (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable) as exc:
-            first = str(exc).strip().splitlines()[0]
             print(
-                f"error: the database schema is not current ({first}); run `upstairs db migrate`",
+                f"error: the database schema is not current ({_first_line(exc)});"
+                " run `upstairs db migrate`",
                 file=sys.stderr,
             )
         return EXIT_FAIL

@@ -10,6 +10,20 @@
 -- Returns what it dropped (or, with dry_run, would drop): the partition or chunk, and the end
 -- of its range (the upper bound of the partition; NULL for a chunk). A partition without an
 -- upper bound (a DEFAULT or MAXVALUE one) is never dropped.
+-- The partitions of readings with their real bounds: the literals carry their offsets, so this
+-- reads right in any session time zone, and whatever made the partition (ensure_readings_partition
+-- of 0001 made months that are not whole UTC months in some zones, see 0022). A bound that is
+-- not a time (DEFAULT, MINVALUE, MAXVALUE) is NULL.
+CREATE FUNCTION readings_partitions()
+RETURNS TABLE (rel regclass, part text, range_start timestamptz, range_end timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT c.oid::regclass, c.relname::text,
+           substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''([^'']+)''\)')::timestamptz,
+           substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = 'readings'::regclass
+$$;
+
 CREATE FUNCTION drop_readings_before(cutoff timestamptz, dry_run boolean)
 RETURNS TABLE (part text, range_end timestamptz)
 LANGUAGE plpgsql AS $$
@@ -24,15 +38,8 @@ BEGIN
             USING cutoff;
         RETURN;
     END IF;
-    -- every partition by its real upper bound (the literal carries its offset, so this reads
-    -- right in any session time zone), not by its name: partitions made by 0001's
-    -- ensure_readings_partition in a session zone with daylight saving are not whole UTC months
     FOR rel, part, range_end IN
-        SELECT c.oid::regclass, c.relname::text,
-               substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz
-          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'readings'::regclass
-         ORDER BY 3
+        SELECT p.rel, p.part, p.range_end FROM readings_partitions() p ORDER BY p.range_end
     LOOP
         CONTINUE WHEN range_end IS NULL OR range_end > cutoff;
         IF NOT dry_run THEN

@@ -37,16 +37,14 @@ DO $$
 DECLARE
     wrong text;
 BEGIN
-    SELECT string_agg(c.relname || ' ' || pg_get_expr(c.relpartbound, c.oid), '; ')
-      INTO wrong
-      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-     WHERE i.inhparent = 'readings'::regclass AND c.relname ~ '^readings_[0-9]{6}$'
-       AND substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz
-           <> (to_date(substr(c.relname, 10), 'YYYYMM') + interval '1 month')
-              AT TIME ZONE 'UTC';
+    SELECT string_agg(format('%s [%s, %s)', part, range_start, range_end), '; ') INTO wrong
+      FROM (SELECT p.*, to_date(substr(p.part, 10), 'YYYYMM') AS month
+              FROM readings_partitions() p WHERE p.part ~ '^readings_[0-9]{6}$') x
+     WHERE (range_start, range_end) IS DISTINCT FROM
+           (month AT TIME ZONE 'UTC', (month + interval '1 month') AT TIME ZONE 'UTC');
     IF wrong IS NOT NULL THEN
         RAISE WARNING 'readings partitions that are not whole UTC months (made by 0001 in a '
-                      'session time zone with daylight saving): %', wrong;
+                      'session time zone west of UTC): %', wrong;
     END IF;
 END;
 $$;
